@@ -1,0 +1,114 @@
+package vmm
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/kindlingvm/kindling/vmm/memory"
+)
+
+// Config describes one microVM. It is the JSON that `kindling-vmm --config`
+// reads, so field names are part of the VMM's API.
+type Config struct {
+	// Kernel is a bzImage or an ELF vmlinux with a PVH note. Empty means a
+	// bare VM whose memory and vCPUs the caller sets up (tests, probes).
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+	// MemoryMiB is guest RAM in MiB.
+	MemoryMiB uint64 `json:"memory_mib"`
+	VCPUs     int    `json:"vcpus"`
+	Disks     []Disk `json:"disks,omitempty"`
+	// Console is where the serial console goes: "stdout" (the default),
+	// "none", or a file path.
+	Console string `json:"console,omitempty"`
+}
+
+// Disk is a virtio-blk device backed by a host file.
+type Disk struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// Limits on a VM's shape.
+const (
+	// MaxVCPUs is bounded by the MP table's 8-bit APIC IDs (one is the
+	// IOAPIC's) and comfortably by KVM's own KVM_CAP_MAX_VCPUS.
+	MaxVCPUs = 254
+	// MaxDisks bounds virtio-mmio slots: each takes one IOAPIC pin from 5
+	// to 23 after the legacy devices.
+	MaxDisks = 16
+)
+
+// Validate checks a config before anything is allocated.
+func (c *Config) Validate() error {
+	if c.VCPUs < 1 || c.VCPUs > MaxVCPUs {
+		return fmt.Errorf("vcpus %d out of range 1..%d", c.VCPUs, MaxVCPUs)
+	}
+	if c.MemoryMiB > memory.MaxSize>>20 {
+		return fmt.Errorf("memory %d MiB out of range %d..%d MiB", c.MemoryMiB, memory.MinSize>>20, memory.MaxSize>>20)
+	}
+	if err := memory.CheckSize(c.MemoryMiB << 20); err != nil {
+		return err
+	}
+	if len(c.Disks) > MaxDisks {
+		return fmt.Errorf("%d disks, at most %d", len(c.Disks), MaxDisks)
+	}
+	if c.Kernel == "" && (c.Initrd != "" || c.Cmdline != "") {
+		return fmt.Errorf("initrd or cmdline given without a kernel")
+	}
+	return nil
+}
+
+// LoadConfig reads a JSON config file, refusing unknown fields so a typo is
+// an error rather than a silently ignored setting.
+func LoadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	defer f.Close()
+	dec := json.NewDecoder(f)
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// ParseSize parses a memory size such as "256M", "1G", "512" (MiB) or
+// "65536K" into MiB.
+func ParseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
+	mult := uint64(1 << 20)
+	div := uint64(1)
+	switch {
+	case strings.HasSuffix(t, "K"):
+		mult, div, t = 1, 1024, t[:len(t)-1]
+	case strings.HasSuffix(t, "M"):
+		t = t[:len(t)-1]
+	case strings.HasSuffix(t, "G"):
+		mult, t = 1<<10, t[:len(t)-1]
+	case strings.HasSuffix(t, "T"):
+		mult, t = 1<<20, t[:len(t)-1]
+	}
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("memory size %q: want a positive number with an optional K, M, G or T suffix (M is the default)", s)
+	}
+	if n > (memory.MaxSize>>20)*div/mult {
+		return 0, fmt.Errorf("memory size %q is above the maximum of %d GiB", s, memory.MaxSize>>30)
+	}
+	if (n*mult)%div != 0 {
+		return 0, fmt.Errorf("memory size %q is not a whole number of MiB", s)
+	}
+	return n * mult / div, nil
+}

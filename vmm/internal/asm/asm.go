@@ -1,0 +1,59 @@
+// Package asm turns a bespoke guest's GNU assembler source into flat machine
+// code at a fixed guest address, for tests and generated probe guests. It
+// runs binutils' `as` and `ld`; it is never used at VMM run time.
+package asm
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+)
+
+// Available reports whether binutils is installed, and why not.
+func Available() error {
+	for _, tool := range []string{"as", "ld"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: install binutils (apt-get install binutils; `make setup` does)", tool)
+		}
+	}
+	return nil
+}
+
+// Assemble assembles src (AT&T syntax; start it with .code16, .code32 or
+// .code64) linked to run at origin, and returns the flat binary.
+func Assemble(src string, origin uint64) ([]byte, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "kindling-asm-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	s, o, bin := filepath.Join(dir, "g.S"), filepath.Join(dir, "g.o"), filepath.Join(dir, "g.bin")
+	if err := os.WriteFile(s, []byte(".globl _start\n_start:\n"+src+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	if err := run("as", "--64", "-o", o, s); err != nil {
+		return nil, err
+	}
+	org := "0x" + strconv.FormatUint(origin, 16)
+	if err := run("ld", "-m", "elf_x86_64", "-N", "-nostdlib", "-static", "-Ttext="+org, "-e", "_start",
+		"--oformat=binary", "-o", bin, o); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(bin)
+}
+
+func run(name string, args ...string) error {
+	var out bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %v\n%s", name, err, out.String())
+	}
+	return nil
+}

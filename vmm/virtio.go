@@ -1,0 +1,7 @@
+package vmm
+
+type virtioSlot struct{}
+
+func (d *virtioSlot) close() {}
+
+func (m *Machine) setupVirtio() error { return nil }
