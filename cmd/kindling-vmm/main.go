@@ -1,0 +1,96 @@
+// Command kindling-vmm is the per-VM monitor process: it creates one microVM
+// from a JSON config and serves its control API on a Unix socket until the
+// VM stops, then exits (0 when the guest or host ended it on purpose).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/api"
+)
+
+const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id NAME]
+
+Runs one microVM. The VM is created from the JSON config (kernel, initrd,
+cmdline, memory_mib, vcpus, disks, console) and waits for PUT /vm/start on
+the API socket, unless --start is given. The process exits when the VM
+stops: status 0 for a guest reset or power-off or a host stop, 1 for a
+guest crash or VMM error, 2 for bad flags or config.
+
+API (HTTP/1.1 + JSON; try curl --unix-socket PATH http://vmm/vm):
+  GET /vm[?wait=stopped]   state and exit reason
+  PUT /vm/start | /vm/pause | /vm/resume | /vm/stop
+  GET /metrics
+`
+
+func main() {
+	fs := flag.NewFlagSet("kindling-vmm", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	cfgPath := fs.String("config", "", "VM config `file` (JSON)")
+	sock := fs.String("api-sock", "", "control socket `path`")
+	start := fs.Bool("start", false, "boot at once instead of waiting for PUT /vm/start")
+	id := fs.String("id", "", "VM `name` used in logs")
+	verbose := fs.Bool("v", false, "log at debug level")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	if *cfgPath == "" || *sock == "" {
+		fmt.Fprintln(os.Stderr, "kindling-vmm: --config and --api-sock are required (see --help)")
+		os.Exit(2)
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	os.Exit(run(*cfgPath, *sock, *start, *id, log))
+}
+
+func run(cfgPath, sock string, start bool, id string, log *slog.Logger) int {
+	cfg, err := vmm.LoadConfig(cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
+		return 2
+	}
+	l, err := api.Listen(sock)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
+		return 2
+	}
+	defer os.Remove(sock)
+	m, err := vmm.New(*cfg, vmm.Options{Logger: log, ID: id})
+	if err != nil {
+		l.Close()
+		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
+		return 2
+	}
+	defer m.Close()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		m.Stop()
+	}()
+	if start {
+		if err := m.Start(); err != nil {
+			fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
+			return 1
+		}
+	}
+	if err := api.Serve(m, l, log); err != nil {
+		fmt.Fprintf(os.Stderr, "kindling-vmm: api: %v\n", err)
+		m.Stop()
+	}
+	r := m.Wait()
+	if !r.Clean() {
+		fmt.Fprintf(os.Stderr, "kindling-vmm: vm stopped: %s\n", r)
+		return 1
+	}
+	return 0
+}

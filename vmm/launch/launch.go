@@ -1,0 +1,206 @@
+// Package launch starts kindling-vmm processes and hands back a client for
+// their control socket. It is how the CLI and kindlingd run VMs: neither
+// imports the VMM's internals, both drive the same API.
+package launch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/api"
+)
+
+// BinaryName is the VMM executable.
+const BinaryName = "kindling-vmm"
+
+// FindBinary looks for kindling-vmm next to the running executable, then on
+// $PATH.
+func FindBinary() (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), BinaryName)
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(BinaryName); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s not found next to this program or on $PATH: build it with `make build` (it goes to ./bin)", BinaryName)
+}
+
+// Options are how a VMM process is started.
+type Options struct {
+	Binary string    // default: FindBinary
+	Dir    string    // where the config and socket go; default: a new temp dir, removed by Wait
+	ID     string    // VM name for logs
+	Stdout io.Writer // the guest console (config Console "stdout")
+	Stderr io.Writer // the VMM's logs and errors
+	Start  bool      // pass --start: boot without an API call
+	// ReadyTimeout bounds how long the API may take to come up.
+	ReadyTimeout time.Duration
+}
+
+// Process is a running kindling-vmm.
+type Process struct {
+	Cmd    *exec.Cmd
+	Client *api.Client
+	Sock   string
+	tmp    string
+	exited chan struct{}
+	err    error
+}
+
+// Start writes cfg, starts the VMM and waits for its API.
+func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
+	bin := opt.Binary
+	if bin == "" {
+		var err error
+		if bin, err = FindBinary(); err != nil {
+			return nil, err
+		}
+	}
+	p := &Process{exited: make(chan struct{})}
+	dir := opt.Dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "kindling-vm-")
+		if err != nil {
+			return nil, err
+		}
+		dir, p.tmp = d, d
+	}
+	cfgPath := filepath.Join(dir, "vm.json")
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		p.cleanup()
+		return nil, err
+	}
+	p.Sock = filepath.Join(dir, "api.sock")
+	args := []string{"--config", cfgPath, "--api-sock", p.Sock}
+	if opt.ID != "" {
+		args = append(args, "--id", opt.ID)
+	}
+	if opt.Start {
+		args = append(args, "--start")
+	}
+	p.Cmd = exec.Command(bin, args...)
+	p.Cmd.Stdout = opt.Stdout
+	// Keep the start of stderr so an early failure can be reported as the
+	// VMM's own one-line message.
+	early := &headBuffer{max: 4096}
+	if opt.Stderr != nil {
+		p.Cmd.Stderr = io.MultiWriter(early, opt.Stderr)
+	} else {
+		p.Cmd.Stderr = early
+	}
+	// Its own process group: a Ctrl-C reaches the CLI, which stops the VM
+	// through the API and so learns the exit reason.
+	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := p.Cmd.Start(); err != nil {
+		p.cleanup()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	go func() {
+		p.err = p.Cmd.Wait()
+		close(p.exited)
+	}()
+	p.Client = api.NewClient(p.Sock)
+	timeout := opt.ReadyTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ready := make(chan error, 1)
+	go func() { ready <- p.Client.WaitReady(rctx) }()
+	select {
+	case err := <-ready:
+		if err != nil {
+			p.Kill()
+			return nil, err
+		}
+	case <-p.exited:
+		p.cleanup()
+		if msg := strings.TrimSpace(early.String()); msg != "" {
+			return nil, errors.New(strings.TrimPrefix(msg, BinaryName+": "))
+		}
+		return nil, fmt.Errorf("%s exited before its API came up: %v", BinaryName, p.err)
+	}
+	return p, nil
+}
+
+// Exited is closed when the process has ended.
+func (p *Process) Exited() <-chan struct{} { return p.exited }
+
+// ExitCode waits for the process and returns its exit status.
+func (p *Process) ExitCode() int {
+	<-p.exited
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		return -1
+	}
+	return 0
+}
+
+// Kill ends the process at once and removes its files.
+func (p *Process) Kill() {
+	if p.Cmd.Process != nil {
+		_ = p.Cmd.Process.Kill()
+	}
+	<-p.exited
+	p.cleanup()
+}
+
+// Wait waits for the process to exit and removes its temporary files.
+func (p *Process) Wait() int {
+	code := p.ExitCode()
+	p.cleanup()
+	return code
+}
+
+func (p *Process) cleanup() {
+	if p.tmp != "" {
+		os.RemoveAll(p.tmp)
+	}
+}
+
+// headBuffer keeps the first max bytes written to it.
+type headBuffer struct {
+	mu  sync.Mutex
+	b   []byte
+	max int
+}
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if room := h.max - len(h.b); room > 0 {
+		if len(p) < room {
+			room = len(p)
+		}
+		h.b = append(h.b, p[:room]...)
+	}
+	return len(p), nil
+}
+
+func (h *headBuffer) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return string(h.b)
+}
