@@ -1,0 +1,46 @@
+# Kindling. The two commands that matter:
+#   make demo   set everything up and run the main job
+#   make test   run the tests (what CI runs)
+
+GO       ?= go
+BIN      := bin
+# The Linux boot test builds its kernel (cached) and boots it; on hosts that
+# emulate guest kernel mode that takes minutes, hence the long timeout.
+TEST_TIMEOUT ?= 45m
+FUZZTIME ?= 20s
+
+.PHONY: all setup build test test-short vet fuzz bench demo clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+vet:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+# Fast tests and the slow Linux boot test run together: go test runs the
+# packages in parallel, and only the vmm package waits for the kernel.
+test: setup build vet
+	KINDLING_LINUX_TEST=1 $(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+# Everything but the Linux boot test.
+test-short: build
+	$(GO) test -short ./...
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzQueuePop -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/
+	$(GO) test -run='^$$' -fuzz=FuzzTransport -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/
+
+bench: setup build
+	$(BIN)/kindling-bench
+
+demo: setup build
+	scripts/demo.sh
+
+clean:
+	rm -rf $(BIN)
