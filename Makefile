@@ -18,6 +18,7 @@ setup:
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/kindling-bench ./bench
 
 vet:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
