@@ -101,7 +101,7 @@ type metrics struct {
 
 // New creates a VM from cfg: KVM objects, memory, devices and, when
 // cfg.Kernel is set, the loaded kernel. The VM does not run until Start.
-func New(cfg Config, opt Options) (m *Machine, err error) {
+func New(cfg Config, opt Options) (_ *Machine, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -112,12 +112,11 @@ func New(cfg Config, opt Options) (m *Machine, err error) {
 	if opt.ID != "" {
 		log = log.With("vm", opt.ID)
 	}
-	m = &Machine{cfg: cfg, log: log, state: StateCreated, done: make(chan struct{}), created: time.Now()}
+	m := &Machine{cfg: cfg, log: log, state: StateCreated, done: make(chan struct{}), created: time.Now()}
 	m.cond = sync.NewCond(&m.mu)
 	defer func() {
 		if err != nil {
 			m.Close()
-			m = nil
 		}
 	}()
 

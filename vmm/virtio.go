@@ -1,7 +1,62 @@
 package vmm
 
-type virtioSlot struct{}
+import (
+	"fmt"
+	"io"
 
-func (d *virtioSlot) close() {}
+	"github.com/kindlingvm/kindling/vmm/devices/virtio"
+	"github.com/kindlingvm/kindling/vmm/devices/virtio/blk"
+)
 
-func (m *Machine) setupVirtio() error { return nil }
+// virtio-mmio placement: one 4 KiB window per device from VirtioMMIOBase,
+// in the MMIO hole below 4 GiB, and one IOAPIC pin each from
+// virtioFirstIRQ (pins 0-4 belong to the PIT, keyboard, cascade and COM
+// ports).
+const (
+	VirtioMMIOBase  = 0xd000_0000
+	virtioFirstIRQ  = 5
+	virtioLastIRQ   = 23 // the IOAPIC has 24 pins
+	virtioMaxDevice = virtioLastIRQ - virtioFirstIRQ + 1
+)
+
+// virtioSlot is one virtio-mmio device on the bus.
+type virtioSlot struct {
+	name      string
+	base      uint64
+	irq       uint32
+	transport *virtio.Transport
+	closer    io.Closer // the device's backing file
+}
+
+func (d *virtioSlot) close() {
+	if d.closer != nil {
+		d.closer.Close()
+	}
+}
+
+// cmdlineArg announces the device to the guest kernel.
+func (d *virtioSlot) cmdlineArg() string {
+	return virtio.CmdlineArg(d.base, virtio.WindowSize, d.irq)
+}
+
+func (m *Machine) setupVirtio() error {
+	if len(m.cfg.Disks) > virtioMaxDevice {
+		return fmt.Errorf("%d virtio devices, at most %d", len(m.cfg.Disks), virtioMaxDevice)
+	}
+	for i, d := range m.cfg.Disks {
+		dev, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly})
+		if err != nil {
+			return fmt.Errorf("disk %d %s: %w", i, d.Path, err)
+		}
+		slot := &virtioSlot{name: fmt.Sprintf("virtio-blk%d", i), base: VirtioMMIOBase + uint64(i)*virtio.WindowSize,
+			irq: uint32(virtioFirstIRQ + i), closer: dev}
+		m.disks = append(m.disks, slot)
+		if slot.transport, err = virtio.NewTransport(m.mem, dev, &irqLine{vm: m.vm, gsi: slot.irq}); err != nil {
+			return fmt.Errorf("disk %d %s: %w", i, d.Path, err)
+		}
+		if err := m.mmio.Insert(slot.name, slot.base, virtio.WindowSize, slot.transport); err != nil {
+			return err
+		}
+	}
+	return nil
+}
