@@ -36,6 +36,7 @@ test-short: build
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzQueuePop -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzTransport -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/
+	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/blk/
 
 bench: setup build
 	$(BIN)/kindling-bench

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kindlingvm/kindling/vmm/internal/asm"
+	"github.com/kindlingvm/kindling/internal/asm"
 	"github.com/kindlingvm/kindling/vmm/kvm"
 )
 
@@ -379,5 +379,56 @@ loop:
 	}
 	if got := m.Metrics().Pauses; got != 3 {
 		t.Fatalf("pauses metric %d, want 3", got)
+	}
+}
+
+func TestVirtioMMIORegistersRoundTrip(t *testing.T) {
+	requireKVM(t)
+	disk := t.TempDir() + "/disk.img"
+	if err := os.WriteFile(disk, make([]byte, 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	con := &syncBuffer{}
+	m, err := New(Config{MemoryMiB: 4, VCPUs: 1, Disks: []Disk{{Path: disk}}}, Options{Console: con})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(); m.Close() })
+	// The guest reads the identification registers of the disk's
+	// virtio-mmio window, writes Status and reads it back, reads the
+	// capacity from config space, and stores what it saw.
+	loadGuest(t, m, `.code32
+	mov $0xd0000000, %ebx
+	mov 0x000(%ebx), %eax        # MagicValue
+	mov %eax, 0x2000
+	mov 0x004(%ebx), %eax        # Version
+	mov %eax, 0x2004
+	mov 0x008(%ebx), %eax        # DeviceID
+	mov %eax, 0x2008
+	movl $3, 0x070(%ebx)         # Status = ACKNOWLEDGE | DRIVER
+	mov 0x070(%ebx), %eax
+	mov %eax, 0x200c
+	mov 0x100(%ebx), %eax        # config: capacity, low half
+	mov %eax, 0x2010
+`+resetSeq, 0x1000)
+	startProtected32(t, m, 0, 0x1000)
+	r := runToExit(t, m, 30*time.Second)
+	if r.Kind != ExitGuestReset {
+		t.Fatalf("exit %v", r)
+	}
+	for _, c := range []struct {
+		addr uint64
+		want uint32
+		what string
+	}{
+		{0x2000, 0x74726976, "magic"}, {0x2004, 2, "version"}, {0x2008, 2, "device id (block)"},
+		{0x200c, 3, "status read back"}, {0x2010, 128, "capacity in sectors"},
+	} {
+		if got, _ := m.Memory().ReadU32(c.addr); got != c.want {
+			t.Errorf("%s: guest saw %#x, want %#x", c.what, got, c.want)
+		}
+	}
+	if mt := m.Metrics(); mt.ExitsMMIO < 6 || mt.UnclaimedMMIO != 0 {
+		t.Errorf("metrics %+v", mt)
 	}
 }

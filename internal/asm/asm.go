@@ -25,6 +25,16 @@ func Available() error {
 // Assemble assembles src (AT&T syntax; start it with .code16, .code32 or
 // .code64) linked to run at origin, and returns the flat binary.
 func Assemble(src string, origin uint64) ([]byte, error) {
+	return build(src, origin, "--oformat=binary")
+}
+
+// AssembleELF is Assemble, but returns a static ELF64 executable (with any
+// note sections src defines in PT_NOTE segments).
+func AssembleELF(src string, origin uint64) ([]byte, error) {
+	return build(src, origin)
+}
+
+func build(src string, origin uint64, ldFlags ...string) ([]byte, error) {
 	if err := Available(); err != nil {
 		return nil, err
 	}
@@ -41,8 +51,8 @@ func Assemble(src string, origin uint64) ([]byte, error) {
 		return nil, err
 	}
 	org := "0x" + strconv.FormatUint(origin, 16)
-	if err := run("ld", "-m", "elf_x86_64", "-N", "-nostdlib", "-static", "-Ttext="+org, "-e", "_start",
-		"--oformat=binary", "-o", bin, o); err != nil {
+	args := append([]string{"-m", "elf_x86_64", "-N", "-nostdlib", "-static", "-Ttext=" + org, "-e", "_start"}, ldFlags...)
+	if err := run("ld", append(args, "-o", bin, o)...); err != nil {
 		return nil, err
 	}
 	return os.ReadFile(bin)

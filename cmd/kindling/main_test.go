@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kindlingvm/kindling/internal/asm"
+)
+
+// binDir holds kindling and kindling-vmm built for these tests.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kindling-cli-test-")
+	if err != nil {
+		panic(err)
+	}
+	out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/kindlingvm/kindling/cmd/kindling", "github.com/kindlingvm/kindling/cmd/kindling-vmm").CombinedOutput()
+	if err != nil {
+		os.RemoveAll(dir)
+		panic("build binaries: " + err.Error() + "\n" + string(out))
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func kindling(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "kindling"), args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+// tinyKernel is a PVH ELF that prints its message and resets the machine.
+func tinyKernel(t *testing.T, dir string) string {
+	t.Helper()
+	elf, err := asm.AssembleELF(`.code32
+	mov $0x3f8, %dx
+	mov $msg, %esi
+1:	lodsb
+	test %al, %al
+	jz 2f
+	out %al, %dx
+	jmp 1b
+2:	mov $0xfe, %al
+	out %al, $0x64
+3:	hlt
+	jmp 3b
+msg:	.asciz "tiny kernel says hi\n"
+.pushsection .note.Xen, "a", @note
+	.align 4
+	.long 4, 4, 18
+	.asciz "Xen"
+	.align 4
+	.long _start
+.popsection
+`, 0x100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "tiny.elf")
+	if err := os.WriteFile(p, elf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestVMRunStreamsConsoleAndReportsExit(t *testing.T) {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("skipping: no /dev/kvm (%v)", err)
+	}
+	k := tinyKernel(t, t.TempDir())
+	stdout, stderr, code := kindling(t, "vm", "run", "--kernel", k, "--mem", "16M")
+	if code != 0 || stdout != "tiny kernel says hi\n" || !strings.Contains(stderr, "vm stopped: guest-reset") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+func TestVMRunBadInput(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// A bzImage header promising far more protected-mode code than follows.
+	hdr := make([]byte, 1024)
+	hdr[0x1f1] = 4                                      // setup_sects
+	binary.LittleEndian.PutUint32(hdr[0x1f4:], 0x10000) // syssize: 1 MiB in 16-byte units
+	binary.LittleEndian.PutUint16(hdr[0x1fe:], 0xaa55)  // boot signature
+	copy(hdr[0x202:], "HdrS")                           // header magic
+	binary.LittleEndian.PutUint16(hdr[0x206:], 0x020f)  // protocol 2.15
+	truncated := write("truncated-bzImage", hdr)
+	notKernel := write("notes.txt", []byte("these are not the kernels you are looking for\n"))
+	empty := write("empty", nil)
+	kernel := tinyKernel(t, dir)
+	bigInitrd := filepath.Join(dir, "big.cpio")
+	f, err := os.Create(bigInitrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(64 << 20)
+	f.Close()
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // all must appear in the one line
+	}{
+		{"missing kernel", []string{"--kernel", filepath.Join(dir, "nope")}, []string{"nope", "no such file"}},
+		{"empty kernel", []string{"--kernel", empty}, []string{empty, "empty"}},
+		{"truncated kernel", []string{"--kernel", truncated}, []string{truncated, "truncated"}},
+		{"not a kernel", []string{"--kernel", notKernel}, []string{notKernel, "not a"}},
+		{"initrd larger than memory", []string{"--kernel", kernel, "--initrd", bigInitrd, "--mem", "32M"}, []string{bigInitrd, "does not fit"}},
+		{"missing initrd", []string{"--kernel", kernel, "--initrd", filepath.Join(dir, "nope.cpio")}, []string{"nope.cpio", "no such file"}},
+		{"memory too small", []string{"--kernel", kernel, "--mem", "1M"}, []string{"memory", "minimum"}},
+		{"memory too large", []string{"--kernel", kernel, "--mem", "4096G"}, []string{"maximum"}},
+		{"memory not a size", []string{"--kernel", kernel, "--mem", "lots"}, []string{"--mem", `"lots"`}},
+		{"no vcpus", []string{"--kernel", kernel, "--vcpus", "0"}, []string{"vcpus 0"}},
+		{"no kernel flag", nil, []string{"--kernel is required"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := kindling(t, append([]string{"vm", "run"}, tc.args...)...)
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			if code == 0 || len(lines) != 1 {
+				t.Fatalf("exit %d, stderr:\n%s\nwant a non-zero exit and one line", code, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(lines[0], w) {
+					t.Errorf("error %q lacks %q", lines[0], w)
+				}
+			}
+		})
+	}
+}
+
+func TestHelpExplainsItself(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"vm", "run", "--help"}, {"host"}} {
+		stdout, stderr, _ := kindling(t, args...)
+		if !strings.Contains(stdout+stderr, "usage:") {
+			t.Errorf("kindling %v: no usage text:\n%s%s", args, stdout, stderr)
+		}
+	}
+}

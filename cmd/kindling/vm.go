@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/api"
+	"github.com/kindlingvm/kindling/vmm/launch"
+)
+
+const vmUsage = `usage: kindling vm run --kernel FILE [flags]
+       kindling vm status|pause|resume|stop|metrics --api-sock PATH
+
+'vm run' starts a kindling-vmm process, boots the kernel through its API and
+streams the guest's serial console to stdout until the VM stops. It exits 0
+when the guest resets or powers off (or on --timeout / Ctrl-C, which stop
+the VM), 1 when the guest crashed or the VMM failed, 2 on bad input.
+
+The other verbs drive a VM that is already running, through its socket.
+`
+
+func vmMain(args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, vmUsage)
+		return exitError{2}
+	}
+	switch args[0] {
+	case "run":
+		return vmRun(args[1:])
+	case "status", "pause", "resume", "stop", "metrics":
+		return vmControl(args[0], args[1:])
+	case "-h", "--help", "help":
+		fmt.Print(vmUsage)
+		return nil
+	}
+	fmt.Fprint(os.Stderr, vmUsage)
+	return fmt.Errorf("vm: unknown verb %q", args[0])
+}
+
+// diskFlags collects repeated --disk PATH[:ro] flags.
+type diskFlags []vmm.Disk
+
+func (d *diskFlags) String() string { return "" }
+
+func (d *diskFlags) Set(v string) error {
+	path, ro := v, false
+	if p, ok := strings.CutSuffix(v, ":ro"); ok {
+		path, ro = p, true
+	}
+	*d = append(*d, vmm.Disk{Path: path, ReadOnly: ro})
+	return nil
+}
+
+func vmRun(args []string) error {
+	fs := flag.NewFlagSet("kindling vm run", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: kindling vm run --kernel FILE [--initrd FILE] [--cmdline ARGS] [--mem SIZE] [--vcpus N] [--disk FILE[:ro]]...\n\n")
+		fs.PrintDefaults()
+	}
+	kernel := fs.String("kernel", "", "kernel `file`: a bzImage, or an ELF vmlinux with a PVH entry note")
+	initrd := fs.String("initrd", "", "initramfs `file` (cpio, optionally compressed)")
+	cmdline := fs.String("cmdline", "console=ttyS0 reboot=k panic=-1", "kernel command line; virtio_mmio.device= arguments for --disk are added")
+	mem := fs.String("mem", "256M", "guest memory `size` (K, M, G suffixes; M if none)")
+	vcpus := fs.Int("vcpus", 1, "number of vCPUs")
+	var disks diskFlags
+	fs.Var(&disks, "disk", "virtio-blk disk backed by `FILE`; FILE:ro for read-only (repeatable)")
+	console := fs.String("console", "stdout", "where the serial console goes: stdout, none, or a file path")
+	timeout := fs.Duration("timeout", 0, "stop the VM after this long (0: run until the guest stops)")
+	id := fs.String("id", "", "VM name for logs")
+	verbose := fs.Bool("v", false, "show the VMM's logs")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return exitError{2}
+	}
+	if fs.NArg() > 0 {
+		return badInput(fmt.Errorf("vm run: unexpected argument %q", fs.Arg(0)))
+	}
+	if *kernel == "" {
+		return badInput(fmt.Errorf("vm run: --kernel is required"))
+	}
+	memMiB, err := vmm.ParseSize(*mem)
+	if err != nil {
+		return badInput(fmt.Errorf("--mem: %w", err))
+	}
+	cfg := vmm.Config{Kernel: *kernel, Initrd: *initrd, Cmdline: *cmdline, MemoryMiB: memMiB,
+		VCPUs: *vcpus, Disks: disks, Console: *console}
+	if err := vmm.Check(cfg); err != nil {
+		return badInput(err)
+	}
+
+	ctx := context.Background()
+	opt := launch.Options{ID: *id, Stdout: os.Stdout}
+	if *verbose {
+		opt.Stderr = os.Stderr
+	}
+	p, err := launch.Start(ctx, cfg, opt)
+	if err != nil {
+		return badInput(err)
+	}
+	if err := p.Client.Start(ctx); err != nil {
+		p.Kill()
+		return err
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	var deadline <-chan time.Time
+	if *timeout > 0 {
+		deadline = time.After(*timeout)
+	}
+	done := make(chan vmm.Status, 1)
+	go func() {
+		st, err := p.Client.WaitStopped(ctx)
+		if err != nil {
+			st = vmm.Status{State: vmm.StateStopped}
+		}
+		done <- st
+	}()
+	var st vmm.Status
+	select {
+	case st = <-done:
+	case <-stop:
+		st, _ = p.Client.Stop(ctx)
+	case <-deadline:
+		fmt.Fprintf(os.Stderr, "kindling: --timeout %v reached, stopping the VM\n", *timeout)
+		st, _ = p.Client.Stop(ctx)
+	}
+	code := p.Wait()
+	if st.Exit != nil {
+		fmt.Fprintf(os.Stderr, "kindling: vm stopped: %s\n", st.Exit)
+	} else if code != 0 {
+		fmt.Fprintf(os.Stderr, "kindling: %s exited with status %d\n", launch.BinaryName, code)
+	}
+	if code != 0 {
+		return exitError{1}
+	}
+	return nil
+}
+
+// badInput prints err as the one line it is and exits 2.
+func badInput(err error) error {
+	fmt.Fprintf(os.Stderr, "kindling: %v\n", err)
+	return exitError{2}
+}
+
+func vmControl(verb string, args []string) error {
+	fs := flag.NewFlagSet("kindling vm "+verb, flag.ContinueOnError)
+	sock := fs.String("api-sock", "", "the VM's control socket `path`")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return exitError{2}
+	}
+	if *sock == "" {
+		return badInput(fmt.Errorf("vm %s: --api-sock is required", verb))
+	}
+	c := api.NewClient(*sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out any
+	var err error
+	switch verb {
+	case "status":
+		out, err = c.Status(ctx)
+	case "pause":
+		if err = c.Pause(ctx); err == nil {
+			out, err = c.Status(ctx)
+		}
+	case "resume":
+		if err = c.Resume(ctx); err == nil {
+			out, err = c.Status(ctx)
+		}
+	case "stop":
+		out, err = c.Stop(ctx)
+	case "metrics":
+		out, err = c.Metrics(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}

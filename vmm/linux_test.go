@@ -1,0 +1,154 @@
+package vmm_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kindlingvm/kindling/internal/testinit"
+	"github.com/kindlingvm/kindling/kernelbuilder"
+	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/hostcheck"
+)
+
+// console collects a guest's console and tells a waiter when a line shows.
+type console struct {
+	mu      sync.Mutex
+	b       strings.Builder
+	changed chan struct{}
+}
+
+func newConsole() *console { return &console{changed: make(chan struct{}, 1)} }
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.b.Write(p)
+	c.mu.Unlock()
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.String()
+}
+
+// waitFor waits until the console shows s or the VM stops.
+func (c *console) waitFor(m *vmm.Machine, s string, timeout time.Duration) bool {
+	deadline := time.After(timeout)
+	for {
+		if strings.Contains(c.String(), s) {
+			return true
+		}
+		select {
+		case <-c.changed:
+		case <-m.Done():
+			return strings.Contains(c.String(), s)
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// linuxTestTimeout is HOST.md's bound for a boot on hosts that emulate
+// guest kernel mode (3.7 minutes seen on the slowest).
+const linuxTestTimeout = 10 * time.Minute
+
+// testKernel returns the cached test kernel, building it if needed.
+func testKernel(t *testing.T, emulatedCPL0 bool) *kernelbuilder.Artifacts {
+	t.Helper()
+	if dir := os.Getenv("KINDLING_TEST_KERNEL_DIR"); dir != "" {
+		return &kernelbuilder.Artifacts{Dir: dir, Vmlinux: filepath.Join(dir, "vmlinux"), BzImage: filepath.Join(dir, "bzImage")}
+	}
+	art, err := kernelbuilder.Build(context.Background(), kernelbuilder.TestKernelSpec(emulatedCPL0),
+		kernelbuilder.BuildOptions{Progress: os.Stderr})
+	if err != nil {
+		t.Fatalf("build the test kernel: %v", err)
+	}
+	return art
+}
+
+// TestLinuxBoots boots the test kernel (ELF vmlinux through PVH) with an
+// initramfs and a virtio-blk disk. Everywhere it must reach the hand-off to
+// /init, having probed the disk over virtio-mmio; where the host check says
+// guest user space runs, /init must also print its line and reboot.
+// Slow: minutes on hosts that emulate guest kernel mode.
+func TestLinuxBoots(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipping the Linux boot in -short mode")
+	}
+	if os.Getenv("KINDLING_LINUX_TEST") == "" && os.Getenv("KINDLING_TEST_KERNEL_DIR") == "" {
+		t.Skip("skipping the Linux boot: set KINDLING_LINUX_TEST=1 to build (once, cached) and boot the test kernel; make test does")
+	}
+	report, err := hostcheck.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !report.KVM.OK {
+		if _, statErr := os.Stat("/dev/kvm"); statErr == nil {
+			t.Fatalf("/dev/kvm exists but: %s", report.KVM.Detail)
+		}
+		t.Skipf("skipping: no KVM (%s)", report.KVM.Detail)
+	}
+	art := testKernel(t, report.EmulatesCPL0())
+	dir := t.TempDir()
+	initrd, err := testinit.BuildInitramfs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := "console=ttyS0 reboot=k panic=-1"
+	if report.EmulatesCPL0() {
+		cmdline += " " + kernelbuilder.EmulatedCPL0Cmdline()
+	}
+	con := newConsole()
+	m, err := vmm.New(vmm.Config{Kernel: art.Vmlinux, Initrd: initrd, Cmdline: cmdline, MemoryMiB: 256, VCPUs: 1,
+		Disks: []vmm.Disk{{Path: disk}}}, vmm.Options{Console: con})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	start := time.Now()
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	const handoff = "Run /init as init process"
+	if !con.waitFor(m, handoff, linuxTestTimeout) {
+		m.Stop()
+		t.Fatalf("no %q within %v; VM: %+v; console:\n%s", handoff, linuxTestTimeout, m.Status(), con.String())
+	}
+	t.Logf("reached the /init hand-off in %v", time.Since(start).Round(time.Millisecond))
+	out := con.String()
+	for _, want := range []string{"Command line: " + cmdline, "virtio_blk virtio0: [vda] 8192 512-byte logical blocks"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("console lacks %q:\n%s", want, out)
+		}
+	}
+	if !report.UserSpaceRuns() {
+		t.Logf("guest user space cannot run on this host (%s); the test ends at the /init hand-off", report.UserSyscalls.Detail)
+		return
+	}
+	if !con.waitFor(m, testinit.Message, time.Minute) {
+		t.Fatalf("/init did not print %q; console:\n%s", testinit.Message, con.String())
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("the guest did not reboot after /init")
+	}
+	if r := m.Wait(); r.Kind != vmm.ExitGuestReset {
+		t.Fatalf("exit %v, want %s", r, vmm.ExitGuestReset)
+	}
+}
