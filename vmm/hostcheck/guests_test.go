@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/kindlingvm/kindling/vmm/internal/asm"
+	"github.com/kindlingvm/kindling/internal/asm"
 )
 
 // The probe guests are stored as bytes; this keeps them equal to their
