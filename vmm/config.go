@@ -88,7 +88,7 @@ func LoadConfig(path string) (*Config, error) {
 func ParseSize(s string) (uint64, error) {
 	t := strings.TrimSpace(strings.ToUpper(s))
 	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
-	mult := uint64(1 << 20)
+	mult := uint64(1)
 	div := uint64(1)
 	switch {
 	case strings.HasSuffix(t, "K"):

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/api"
@@ -20,8 +21,9 @@ const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id
 Runs one microVM. The VM is created from the JSON config (kernel, initrd,
 cmdline, memory_mib, vcpus, disks, console) and waits for PUT /vm/start on
 the API socket, unless --start is given. The process exits when the VM
-stops: status 0 for a guest reset or power-off or a host stop, 1 for a
-guest crash or VMM error, 2 for bad flags or config.
+stops and a client has read its exit reason (or --linger has passed):
+status 0 for a guest reset or power-off or a host stop, 1 for a guest
+crash or VMM error, 2 for bad flags or config.
 
 API (HTTP/1.1 + JSON; try curl --unix-socket PATH http://vmm/vm):
   GET /vm[?wait=stopped]   state and exit reason
@@ -37,6 +39,7 @@ func main() {
 	start := fs.Bool("start", false, "boot at once instead of waiting for PUT /vm/start")
 	id := fs.String("id", "", "VM `name` used in logs")
 	verbose := fs.Bool("v", false, "log at debug level")
+	linger := fs.Duration("linger", api.DefaultLinger, "after the VM stops, keep the API up this long for a client to read the exit reason")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -49,10 +52,10 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	os.Exit(run(*cfgPath, *sock, *start, *id, log))
+	os.Exit(run(*cfgPath, *sock, *start, *id, *linger, log))
 }
 
-func run(cfgPath, sock string, start bool, id string, log *slog.Logger) int {
+func run(cfgPath, sock string, start bool, id string, linger time.Duration, log *slog.Logger) int {
 	cfg, err := vmm.LoadConfig(cfgPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
@@ -83,7 +86,7 @@ func run(cfgPath, sock string, start bool, id string, log *slog.Logger) int {
 			return 1
 		}
 	}
-	if err := api.Serve(m, l, log); err != nil {
+	if err := api.Serve(m, l, log, linger); err != nil {
 		fmt.Fprintf(os.Stderr, "kindling-vmm: api: %v\n", err)
 		m.Stop()
 	}

@@ -66,7 +66,7 @@ func serve(t *testing.T, ctl Controller) (*Client, <-chan error) {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- Serve(ctl, l, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { errc <- Serve(ctl, l, slog.New(slog.NewTextHandler(io.Discard, nil)), DefaultLinger) }()
 	return NewClient(sock), errc
 }
 
@@ -158,4 +158,26 @@ func TestListenRefusesLiveSocketReplacesStale(t *testing.T) {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
 	l2.Close()
+}
+
+// A guest can stop before its supervisor's first request: the final status
+// must still be readable, and the server must then go away promptly.
+func TestFinalStatusSurvivesAnEarlyStop(t *testing.T) {
+	f := newFake()
+	f.Start()
+	f.Stop()
+	c, errc := serve(t, f)
+	time.Sleep(50 * time.Millisecond)
+	st, err := c.WaitStopped(context.Background())
+	if err != nil || st.Exit == nil {
+		t.Fatalf("final status after an early stop: %+v %v", st, err)
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(DefaultLinger / 2):
+		t.Fatal("server lingered after delivering the final status")
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/kindlingvm/kindling/vmm"
@@ -47,7 +48,20 @@ const (
 
 // Handler serves the API for one VM.
 func Handler(ctl Controller, log *slog.Logger) http.Handler {
+	return newHandler(ctl, log, func() {})
+}
+
+// newHandler calls delivered after each response that carried the final,
+// stopped status.
+func newHandler(ctl Controller, log *slog.Logger, delivered func()) http.Handler {
 	mux := http.NewServeMux()
+	writeStatus := func(w http.ResponseWriter) {
+		st := ctl.Status()
+		writeJSON(w, http.StatusOK, st)
+		if st.State == vmm.StateStopped {
+			delivered()
+		}
+	}
 	mux.HandleFunc("GET "+PathVM, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Query().Get("wait") {
 		case "":
@@ -63,7 +77,7 @@ func Handler(ctl Controller, log *slog.Logger) http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("wait=%q: the only state to wait for is \"stopped\"", r.URL.Query().Get("wait")))
 			return
 		}
-		writeJSON(w, http.StatusOK, ctl.Status())
+		writeStatus(w)
 	})
 	action := func(path string, f func() error) {
 		mux.HandleFunc("PUT "+path, func(w http.ResponseWriter, r *http.Request) {
@@ -77,7 +91,7 @@ func Handler(ctl Controller, log *slog.Logger) http.Handler {
 				return
 			}
 			log.Info("api request", "path", path)
-			writeJSON(w, http.StatusOK, ctl.Status())
+			writeStatus(w)
 		})
 	}
 	action(PathStart, ctl.Start)
@@ -122,16 +136,31 @@ func Listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
-// Serve runs the API on l until the VM stops, then finishes the requests in
-// flight (so a `GET /vm?wait=stopped` gets its answer) and returns.
-func Serve(ctl Controller, l net.Listener, log *slog.Logger) error {
-	srv := &http.Server{Handler: Handler(ctl, log), ReadHeaderTimeout: 5 * time.Second}
+// DefaultLinger is how long Serve keeps answering after the VM stopped when
+// nobody has asked for the final status yet: a guest can stop within
+// milliseconds of starting, before its supervisor's long poll is in.
+const DefaultLinger = 2 * time.Second
+
+// Serve runs the API on l until the VM stops and a client has received the
+// final status (or linger has passed), finishes the requests in flight and
+// returns.
+func Serve(ctl Controller, l net.Listener, log *slog.Logger, linger time.Duration) error {
+	delivered := make(chan struct{})
+	var once sync.Once
+	srv := &http.Server{
+		Handler:           newHandler(ctl, log, func() { once.Do(func() { close(delivered) }) }),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {
 	case err := <-errc:
 		return err
 	case <-ctl.Done():
+	}
+	select {
+	case <-delivered:
+	case <-time.After(linger):
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

@@ -39,6 +39,10 @@ type pvhKernel struct {
 }
 
 func parsePVH(path string, data []byte, memSize uint64) (*pvhKernel, error) {
+	// Name the class before parsing: a 32-bit kernel is a common mistake.
+	if len(data) > elf.EI_CLASS && elf.Class(data[elf.EI_CLASS]) != elf.ELFCLASS64 {
+		return nil, fmt.Errorf("kernel %s: %s ELF, want a 64-bit x86-64 vmlinux", path, elf.Class(data[elf.EI_CLASS]))
+	}
 	f, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w: bad ELF: %v", path, ErrNotKernel, err)
