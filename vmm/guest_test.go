@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/internal/asm"
+	"github.com/kindlingvm/kindling/vmm/boot"
 	"github.com/kindlingvm/kindling/vmm/kvm"
 )
 
@@ -170,41 +171,67 @@ idt: .word 0
 	}
 }
 
-// testGDT is where startProtected32 puts its GDT: null, flat 32-bit code
-// (selector 0x8), flat data (0x10).
-const testGDT = 0x500
-
 // startProtected32 points vCPU i at origin in flat 32-bit protected mode,
-// paging off, with a GDT in guest memory so interrupts can reload CS.
+// paging off, with the boot GDT in guest memory (code selector 0x8) so
+// interrupts can reload CS.
 func startProtected32(t testing.TB, m *Machine, i int, origin uint64) {
 	t.Helper()
-	gdt := []uint64{0, 0x00cf9b000000ffff, 0x00cf93000000ffff}
-	buf := make([]byte, 8*len(gdt))
-	for j, d := range gdt {
-		for k := 0; k < 8; k++ {
-			buf[8*j+k] = byte(d >> (8 * k))
-		}
-	}
-	if err := m.Memory().WriteAt(buf, testGDT); err != nil {
-		t.Fatal(err)
-	}
+	startWith(t, m, i, origin, func(s *kvm.Sregs) error { return boot.SetupProtected32(m.Memory(), s) })
+}
+
+// startLong64 points vCPU i at origin in 64-bit mode at CPL 0, through the
+// boot page tables.
+func startLong64(t testing.TB, m *Machine, i int, origin uint64) {
+	t.Helper()
+	startWith(t, m, i, origin, func(s *kvm.Sregs) error { return boot.SetupLongMode(m.Memory(), s, false) })
+}
+
+func startWith(t testing.TB, m *Machine, i int, origin uint64, setup func(*kvm.Sregs) error) {
+	t.Helper()
 	c := m.VCPU(i)
 	s, err := c.GetSregs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	code := kvm.Segment{Base: 0, Limit: 0xffffffff, Selector: 0x8, Typ: 0xb, Present: 1, DB: 1, S: 1, G: 1}
-	data := kvm.Segment{Base: 0, Limit: 0xffffffff, Selector: 0x10, Typ: 0x3, Present: 1, DB: 1, S: 1, G: 1}
-	s.CS = code
-	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.GDT = kvm.Descriptor{Base: testGDT, Limit: uint16(len(buf) - 1)}
-	s.CR0 = 0x11 // PE | ET
-	s.CR4, s.EFER = 0, 0
+	if err := setup(&s); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.SetSregs(s); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.SetRegs(kvm.Regs{RIP: origin, RFLAGS: 2, RSP: 0x8000}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestLongModeSerial(t *testing.T) {
+	m, con := bareVM(t, 4, 1)
+	// RIP-relative addressing and a 64-bit immediate only work in long
+	// mode; the digit proves the upper half of RAX is real.
+	loadGuest(t, m, `.code64
+	mov $0x3f8, %dx
+	movabs $0x500000000, %rax
+	shr $32, %rax
+	add $'0', %al
+	out %al, %dx
+	lea msg(%rip), %rsi
+next:
+	lodsb
+	test %al, %al
+	jz done
+	out %al, %dx
+	jmp next
+done:
+`+resetSeq+`
+msg: .asciz " hello from long mode\n"
+`, 0x1000)
+	startLong64(t, m, 0, 0x1000)
+	r := runToExit(t, m, 30*time.Second)
+	if r.Kind != ExitGuestReset {
+		t.Fatalf("exit %v", r)
+	}
+	if got := con.String(); got != "5 hello from long mode\n" {
+		t.Fatalf("console %q", got)
 	}
 }
 

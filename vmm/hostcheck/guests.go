@@ -3,6 +3,7 @@ package hostcheck
 import (
 	"encoding/binary"
 
+	"github.com/kindlingvm/kindling/vmm/boot"
 	"github.com/kindlingvm/kindling/vmm/kvm"
 	"github.com/kindlingvm/kindling/vmm/memory"
 )
@@ -16,10 +17,7 @@ const (
 	probeCode    = 0x1000 // the guest's entry point
 	probeHandler = 0x1800 // LSTAR target for the syscall probe
 	probeResult  = 0x3000 // where guests store what they saw
-	probeGDT     = 0x500
-	probePML4    = 0x9000
-	probePDPT    = 0xa000
-	probePD      = 0xb000
+	probeGDT     = 0x600  // after the boot GDT, before the probe code
 	probeStack   = 0x8000
 	probeMemMiB  = 4
 )
@@ -95,21 +93,12 @@ var probeGDTEntries = []uint64{
 	0x00affb000000ffff, // user code: 64-bit, DPL 3
 }
 
-// setupLongMode writes page tables identity-mapping the first GiB with
-// user-accessible 2 MiB pages and the GDT above, and puts s in 64-bit mode
-// at privilege level cpl.
+// setupLongMode puts s in 64-bit mode at privilege level cpl, through the
+// boot page tables with user-accessible pages, and loads a GDT laid out
+// for SYSCALL.
 func setupLongMode(mem *memory.Memory, s *kvm.Sregs, cpl int) error {
-	const present, writable, user, huge = 1, 2, 4, 0x80
-	if err := mem.WriteU64(probePML4, probePDPT|present|writable|user); err != nil {
+	if err := boot.SetupLongMode(mem, s, true); err != nil {
 		return err
-	}
-	if err := mem.WriteU64(probePDPT, probePD|present|writable|user); err != nil {
-		return err
-	}
-	for i := uint64(0); i < 512; i++ {
-		if err := mem.WriteU64(probePD+8*i, i<<21|present|writable|user|huge); err != nil {
-			return err
-		}
 	}
 	gdt := make([]byte, 8*len(probeGDTEntries))
 	for i, d := range probeGDTEntries {
@@ -127,9 +116,5 @@ func setupLongMode(mem *memory.Memory, s *kvm.Sregs, cpl int) error {
 	}
 	s.CS = code
 	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.CR3 = probePML4
-	s.CR4 = 1 << 5                             // PAE
-	s.CR0 = 1<<0 | 1<<4 | 1<<5 | 1<<16 | 1<<31 // PE ET NE WP PG
-	s.EFER = 1<<8 | 1<<10                      // LME LMA
 	return nil
 }
