@@ -4,12 +4,15 @@
 
 GO       ?= go
 BIN      := bin
+# Static binaries: the VMM needs no libc (its API is a Unix socket), and
+# not mapping one saves ~1.5 MiB of RSS per VMM process.
+export CGO_ENABLED := 0
 # The Linux boot test builds its kernel (cached) and boots it; on hosts that
 # emulate guest kernel mode that takes minutes, hence the long timeout.
 TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 20s
 
-.PHONY: all setup build test test-short vet fuzz bench demo clean
+.PHONY: all setup build kernel test test-short vet fuzz bench demo clean
 
 all: build
 
@@ -19,6 +22,10 @@ setup:
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 	$(GO) build -o $(BIN)/kindling-bench ./bench
+
+# The test kernel on its own (the Linux test and the demo build it too).
+kernel: build
+	$(BIN)/kindling kernel build-test
 
 vet:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
@@ -42,7 +49,7 @@ bench: setup build
 	$(BIN)/kindling-bench
 
 demo: setup build
-	scripts/demo.sh
+	$(GO) run ./internal/demo
 
 clean:
 	rm -rf $(BIN)

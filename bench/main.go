@@ -43,7 +43,7 @@ type sample struct {
 	start   time.Duration
 	rss     uint64 // KiB, whole process
 	rssBeyd uint64 // KiB, beyond guest RAM
-	private uint64 // KiB, private (unshared) pages beyond guest RAM
+	private uint64 // KiB, private dirty pages beyond guest RAM
 }
 
 type peer struct {
@@ -114,7 +114,7 @@ func run(runs int, memMiB uint64, vmmBin, qemuBin string) error {
 	row("start to first guest instruction, median", median, startMS, "ms")
 	row("start to first guest instruction, best", best, startMS, "ms")
 	row("RSS beyond guest memory, median", median, func(s sample) float64 { return float64(s.rssBeyd) / 1024 }, "MiB")
-	row("private memory beyond guest memory, median", median, func(s sample) float64 { return float64(s.private) / 1024 }, "MiB")
+	row("private dirty memory beyond guest memory, median", median, func(s sample) float64 { return float64(s.private) / 1024 }, "MiB")
 	row("RSS total, median", median, func(s sample) float64 { return float64(s.rss) / 1024 }, "MiB")
 	tw.Flush()
 	fmt.Println("\ntargets (DESIGN.md): start <= 0.5x QEMU microvm; RSS beyond guest memory <= 5 MiB")
@@ -184,8 +184,8 @@ func measure(p peer, dir string, i int) (sample, error) {
 type usage struct{ total, guest, private uint64 }
 
 // rss sums Rss over /proc/PID/smaps, separately over the guest mapping, and
-// the private pages outside it (what each extra VM really costs: the
-// binary's shared pages are paid once per host).
+// the private dirty pages outside it: what each extra VM really costs, since
+// the binary's clean pages are shared by every VMM process on a host.
 func rss(pid int, isGuest func(name string, sizeKiB uint64) bool) (u usage, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
@@ -222,7 +222,7 @@ func rss(pid int, isGuest func(name string, sizeKiB uint64) bool) (u usage, err 
 			if inGuest {
 				u.guest += v
 			}
-		case "Private_Clean:", "Private_Dirty:":
+		case "Private_Dirty:":
 			if !inGuest {
 				u.private += v
 			}
