@@ -20,21 +20,9 @@ const tinyKernelSrc = `.code32
 	jmp 1b
 `
 
-// tinyKernelLinker gives the ELF a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY,
-// type 18) in a PT_NOTE segment, which QEMU and Kindling both look for.
-const tinyKernelNote = `
-.pushsection .note.Xen, "a", @note
-	.align 4
-	.long 4, 4, 18
-	.asciz "Xen"
-	.align 4
-	.long _start
-.popsection
-`
-
 // buildTinyKernel writes the tiny PVH kernel to dir and returns its path.
 func buildTinyKernel(dir string) (string, error) {
-	elf, err := asm.AssembleELF(tinyKernelSrc+tinyKernelNote, 0x100000)
+	elf, err := asm.AssembleELF(tinyKernelSrc+asm.PVHNote, 0x100000)
 	if err != nil {
 		return "", fmt.Errorf("tiny PVH kernel: %w", err)
 	}

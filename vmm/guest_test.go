@@ -112,6 +112,18 @@ func runToExit(t testing.TB, m *Machine, timeout time.Duration) ExitReason {
 	return m.Wait()
 }
 
+// putsSI writes the NUL-terminated string at (E/R)SI to COM1, in any mode.
+const putsSI = `
+	mov $0x3f8, %dx
+puts:
+	lodsb
+	test %al, %al
+	jz 9f
+	out %al, %dx
+	jmp puts
+9:
+`
+
 // Guest epilogue: pulse the i8042 reset line, which stops the VM.
 const resetSeq = `
 	mov $0xfe, %al
@@ -123,16 +135,8 @@ const resetSeq = `
 func TestRealModeSerial(t *testing.T) {
 	m, con := bareVM(t, 4, 1)
 	loadGuest(t, m, `.code16
-	mov $0x3f8, %dx
 	mov $msg, %si
-next:
-	lodsb
-	test %al, %al
-	jz done
-	out %al, %dx
-	jmp next
-done:
-`+resetSeq+`
+`+putsSI+resetSeq+`
 msg: .asciz "hello from real mode\n"
 `, 0x1000)
 	startReal16(t, m, 0, 0x1000)
@@ -215,14 +219,7 @@ func TestLongModeSerial(t *testing.T) {
 	add $'0', %al
 	out %al, %dx
 	lea msg(%rip), %rsi
-next:
-	lodsb
-	test %al, %al
-	jz done
-	out %al, %dx
-	jmp next
-done:
-`+resetSeq+`
+`+putsSI+resetSeq+`
 msg: .asciz " hello from long mode\n"
 `, 0x1000)
 	startLong64(t, m, 0, 0x1000)

@@ -65,14 +65,7 @@ func tinyKernel(t *testing.T, dir string) string {
 3:	hlt
 	jmp 3b
 msg:	.asciz "tiny kernel says hi\n"
-.pushsection .note.Xen, "a", @note
-	.align 4
-	.long 4, 4, 18
-	.asciz "Xen"
-	.align 4
-	.long _start
-.popsection
-`, 0x100000)
+`+asm.PVHNote, 0x100000)
 	if err != nil {
 		t.Fatal(err)
 	}

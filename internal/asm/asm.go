@@ -12,6 +12,19 @@ import (
 	"strconv"
 )
 
+// PVHNote is assembler source for a PVH entry note pointing at _start
+// (XEN_ELFNOTE_PHYS32_ENTRY, type 18, in a PT_NOTE segment): appended to a
+// guest's source, AssembleELF makes it a kernel QEMU and Kindling can boot.
+const PVHNote = `
+.pushsection .note.Xen, "a", @note
+	.align 4
+	.long 4, 4, 18
+	.asciz "Xen"
+	.align 4
+	.long _start
+.popsection
+`
+
 // Available reports whether binutils is installed, and why not.
 func Available() error {
 	for _, tool := range []string{"as", "ld"} {
