@@ -49,7 +49,8 @@ bench: setup build
 	$(BIN)/kindling-bench
 
 demo: setup build
-	$(GO) run ./internal/demo
+	$(GO) build -o $(BIN)/kindling-demo ./internal/demo
+	$(BIN)/kindling-demo
 
 clean:
 	rm -rf $(BIN)

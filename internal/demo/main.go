@@ -108,9 +108,13 @@ func run() error {
 	}
 
 	stage(6, "benchmark: start-up and memory vs QEMU microvm, same host, same run")
-	bench, err := exec.LookPath("bin/kindling-bench")
+	self, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("bin/kindling-bench missing: run make build")
+		return err
+	}
+	bench := filepath.Join(filepath.Dir(self), "kindling-bench")
+	if _, err := os.Stat(bench); err != nil {
+		return fmt.Errorf("%s missing: run make build", bench)
 	}
 	cmd := exec.Command(bench, "-runs", "10")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

@@ -342,19 +342,3 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("missing kernel: %v", err)
 	}
 }
-
-// With KINDLING_TEST_KERNEL_DIR set (make test exports the cached test
-// kernel's directory), the real 6.12 vmlinux and bzImage load too.
-func TestLoadRealKernels(t *testing.T) {
-	dir := os.Getenv("KINDLING_TEST_KERNEL_DIR")
-	if dir == "" {
-		t.Skip("skipping: set KINDLING_TEST_KERNEL_DIR to a directory with a real vmlinux and bzImage")
-	}
-	for _, name := range []string{"vmlinux", "bzImage"} {
-		e, err := Load(newMem(t, 128), Config{Kernel: filepath.Join(dir, name), Cmdline: "console=ttyS0", VCPUs: 2})
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		t.Logf("%s: %s entry at %#x", name, e.Protocol, e.Regs.RIP)
-	}
-}
