@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/vmm"
-	"github.com/kindlingvm/kindling/vmm/api"
+	"github.com/kindlingvm/kindling/vmm/api/client"
 	"github.com/kindlingvm/kindling/vmm/launch"
 )
 
@@ -164,7 +164,7 @@ func vmControl(verb string, args []string) error {
 	if *sock == "" {
 		return badInput(fmt.Errorf("vm %s: --api-sock is required", verb))
 	}
-	c := api.NewClient(*sock)
+	c := client.New(*sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out any

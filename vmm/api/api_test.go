@@ -1,11 +1,11 @@
-package api
+package api_test
 
 import (
 	"context"
 	"errors"
 	"io"
 	"log/slog"
-	"net/http"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/api"
+	"github.com/kindlingvm/kindling/vmm/api/client"
 )
 
 // fakeVM is a Controller with a scripted state machine.
@@ -58,16 +60,16 @@ func (f *fakeVM) Stop() {
 func (f *fakeVM) Done() <-chan struct{} { return f.done }
 func (f *fakeVM) Metrics() vmm.Metrics  { return vmm.Metrics{VCPUs: 3} }
 
-func serve(t *testing.T, ctl Controller) (*Client, <-chan error) {
+func serve(t *testing.T, ctl api.Controller) (*client.Client, <-chan error) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	l, err := Listen(sock)
+	l, err := api.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- Serve(ctl, l, slog.New(slog.NewTextHandler(io.Discard, nil)), DefaultLinger) }()
-	return NewClient(sock), errc
+	go func() { errc <- api.Serve(ctl, l, slog.New(slog.NewTextHandler(io.Discard, nil)), api.DefaultLinger) }()
+	return client.New(sock), errc
 }
 
 func TestLifecycleThroughAPI(t *testing.T) {
@@ -77,7 +79,7 @@ func TestLifecycleThroughAPI(t *testing.T) {
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Pause(ctx); !IsConflict(err) {
+	if err := c.Pause(ctx); !client.IsConflict(err) {
 		t.Fatalf("pause before start: %v, want 409", err)
 	}
 	for _, step := range []func(context.Context) error{c.Start, c.Pause, c.Resume} {
@@ -119,41 +121,69 @@ func TestLifecycleThroughAPI(t *testing.T) {
 	}
 }
 
-func TestErrorsAreJSONWithAdvice(t *testing.T) {
-	c, _ := serve(t, newFake())
-	ctx := context.Background()
-	if err := c.WaitReady(ctx); err != nil {
+// raw sends one raw request on a fresh connection and returns the reply.
+func raw(t *testing.T, sock, req string) string {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct{ method, path, want string }{
-		{http.MethodGet, "/nope", "no such endpoint"},
-		{http.MethodGet, "/vm?wait=running", `only state to wait for is "stopped"`},
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+func TestRawHTTP(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	l, err := api.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go api.Serve(newFake(), l, slog.New(slog.NewTextHandler(io.Discard, nil)), api.DefaultLinger)
+	for _, tc := range []struct{ req, status, body string }{
+		// What curl --unix-socket sends.
+		{"GET /vm HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\nConnection: close\r\n\r\n", "200 OK", `{"state":"created"}`},
+		{"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n", "404 Not Found", "no such endpoint"},
+		{"POST /vm/start HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}", "405 Method Not Allowed", "use PUT"},
+		{"GET /vm?wait=running HTTP/1.1\r\nConnection: close\r\n\r\n", "400 Bad Request", `only state to wait for is \"stopped\"`},
+		{"garbage\r\n\r\n", "400 Bad Request", "malformed request line"},
+		{"GET /vm HTTP/1.1\r\nno colon here\r\n\r\n", "400 Bad Request", "malformed header"},
+		{"PUT /vm/start HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "411 Length Required", "Content-Length"},
+		{"PUT /vm/start HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", "413 Content Too Large", "at most"},
+		{"GET /vm HTTP/1.1\r\nX: " + strings.Repeat("a", 10000) + "\r\n\r\n", "431 Request Header Fields Too Large", "too long"},
+		{"GET /vm HTTP/1.1\r\n" + strings.Repeat("X: y\r\n", 100) + "\r\n", "431 Request Header Fields Too Large", "too large"},
+		{"GET /vm HTTP/1.0\r\n\r\n", "200 OK", `"state"`},
 	} {
-		err := c.do(ctx, tc.method, tc.path, nil)
-		var se *StatusError
-		if !errors.As(err, &se) || !strings.Contains(se.Message, tc.want) {
-			t.Errorf("%s %s: %v, want a message with %q", tc.method, tc.path, err, tc.want)
+		got := raw(t, sock, tc.req)
+		if !strings.HasPrefix(got, "HTTP/1.1 "+tc.status+"\r\n") || !strings.Contains(got, tc.body) {
+			t.Errorf("%.40q:\n%s\nwant %s with %q", tc.req, got, tc.status, tc.body)
 		}
 	}
-	if err := c.do(ctx, http.MethodPost, "/vm/start", nil); err == nil {
-		t.Error("POST /vm/start must be refused: actions are PUT")
+	// Two pipelined requests on one keep-alive connection.
+	got := raw(t, sock, "GET /metrics HTTP/1.1\r\n\r\nGET /vm HTTP/1.1\r\nConnection: close\r\n\r\n")
+	if strings.Count(got, "HTTP/1.1 200 OK") != 2 || !strings.Contains(got, `"vcpus":3`) {
+		t.Errorf("pipelined requests:\n%s", got)
 	}
 }
 
 func TestListenRefusesLiveSocketReplacesStale(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	l, err := Listen(sock)
+	l, err := api.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "another process") {
+	if _, err := api.Listen(sock); err == nil || !strings.Contains(err.Error(), "another process") {
 		t.Fatalf("second listener: %v", err)
 	}
 	// Closing a unix listener removes its file; leave a stale one behind
 	// the way a killed process does.
 	l.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
 	l.Close()
-	l2, err := Listen(sock)
+	l2, err := api.Listen(sock)
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -177,7 +207,7 @@ func TestFinalStatusSurvivesAnEarlyStop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(DefaultLinger / 2):
+	case <-time.After(api.DefaultLinger / 2):
 		t.Fatal("server lingered after delivering the final status")
 	}
 }

@@ -1,18 +1,18 @@
 // Package api is the VMM's control socket: a small HTTP/1.1 + JSON API on a
 // Unix socket, in the style operators know from Firecracker and Cloud
-// Hypervisor (usable with `curl --unix-socket`). The server side drives one
-// VM through Controller; Client is what the `kindling vm` commands and
-// kindlingd use. Every error is JSON with a message a person can act on.
+// Hypervisor (usable with `curl --unix-socket`). The server drives one VM
+// through Controller, with its own minimal HTTP/1.1 implementation so the
+// VMM process does not carry net/http; package api/client is what the
+// `kindling vm` commands and kindlingd use. Every error is JSON with a
+// message a person can act on.
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -46,75 +46,71 @@ const (
 	PathMetrics = "/metrics"
 )
 
-// Handler serves the API for one VM.
-func Handler(ctl Controller, log *slog.Logger) http.Handler {
-	return newHandler(ctl, log, func() {})
-}
-
-// newHandler calls delivered after each response that carried the final,
-// stopped status.
-func newHandler(ctl Controller, log *slog.Logger, delivered func()) http.Handler {
-	mux := http.NewServeMux()
-	writeStatus := func(w http.ResponseWriter) {
+// router returns the API's routes for one VM. delivered is called after
+// each response that carried the final, stopped status.
+func router(ctl Controller, log *slog.Logger, delivered func()) func(*request) response {
+	status := func() response {
 		st := ctl.Status()
-		writeJSON(w, http.StatusOK, st)
 		if st.State == vmm.StateStopped {
-			delivered()
+			defer delivered()
 		}
+		return jsonResponse(200, st)
 	}
-	mux.HandleFunc("GET "+PathVM, func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Query().Get("wait") {
-		case "":
-		case "stopped":
-			// Long poll: answer once the VM has stopped, so supervisors
-			// learn the exit reason without polling.
-			select {
-			case <-ctl.Done():
-			case <-r.Context().Done():
-				return
+	action := func(path string, f func() error) response {
+		if err := f(); err != nil {
+			code := 500
+			if errors.Is(err, vmm.ErrNotRunning) || ctl.Status().State == vmm.StateStopped {
+				code = 409
 			}
-		default:
-			writeError(w, http.StatusBadRequest, fmt.Errorf("wait=%q: the only state to wait for is \"stopped\"", r.URL.Query().Get("wait")))
-			return
+			log.Warn("api request failed", "path", path, "err", err)
+			return jsonError(code, err.Error())
 		}
-		writeStatus(w)
-	})
-	action := func(path string, f func() error) {
-		mux.HandleFunc("PUT "+path, func(w http.ResponseWriter, r *http.Request) {
-			if err := f(); err != nil {
-				code := http.StatusInternalServerError
-				if errors.Is(err, vmm.ErrNotRunning) || ctl.Status().State == vmm.StateStopped {
-					code = http.StatusConflict
-				}
-				log.Warn("api request failed", "path", path, "err", err)
-				writeError(w, code, err)
-				return
-			}
-			log.Info("api request", "path", path)
-			writeStatus(w)
-		})
+		log.Info("api request", "path", path)
+		return status()
 	}
-	action(PathStart, ctl.Start)
-	action(PathPause, ctl.Pause)
-	action(PathResume, ctl.Resume)
-	action(PathStop, func() error { ctl.Stop(); return nil })
-	mux.HandleFunc("GET "+PathMetrics, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, ctl.Metrics())
-	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Errorf("%s %s: no such endpoint; the API has GET /vm, PUT /vm/{start,pause,resume,stop}, GET /metrics", r.Method, r.URL.Path))
-	})
-	return mux
+	actions := map[string]func() error{
+		PathStart: ctl.Start, PathPause: ctl.Pause, PathResume: ctl.Resume,
+		PathStop: func() error { ctl.Stop(); return nil },
+	}
+	return func(r *request) response {
+		want := "GET"
+		if _, ok := actions[r.path]; ok {
+			want = "PUT"
+		}
+		switch {
+		case r.path != PathVM && r.path != PathMetrics && actions[r.path] == nil:
+			return jsonError(404, fmt.Sprintf("%s %s: no such endpoint; the API has GET /vm, PUT /vm/{start,pause,resume,stop}, GET /metrics", r.method, r.path))
+		case r.method != want:
+			return jsonError(405, fmt.Sprintf("%s %s: use %s", r.method, r.path, want))
+		case r.path == PathMetrics:
+			return jsonResponse(200, ctl.Metrics())
+		case r.path == PathVM:
+			switch w := r.query["wait"]; w {
+			case "":
+			case "stopped":
+				// Long poll: answer once the VM has stopped, so
+				// supervisors learn the exit reason without polling.
+				<-ctl.Done()
+			default:
+				return jsonError(400, fmt.Sprintf("wait=%q: the only state to wait for is \"stopped\"", w))
+			}
+			return status()
+		}
+		return action(r.path, actions[r.path])
+	}
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
+func jsonResponse(code int, v any) response {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return jsonError(500, err.Error())
+	}
+	return response{status: code, body: append(b, '\n')}
 }
 
-func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, Error{Message: err.Error()})
+func jsonError(code int, msg string) response {
+	b, _ := json.Marshal(Error{Message: msg})
+	return response{status: code, body: append(b, '\n')}
 }
 
 // Listen opens the control socket at path. A socket file left by a dead
@@ -147,12 +143,9 @@ const DefaultLinger = 2 * time.Second
 func Serve(ctl Controller, l net.Listener, log *slog.Logger, linger time.Duration) error {
 	delivered := make(chan struct{})
 	var once sync.Once
-	srv := &http.Server{
-		Handler:           newHandler(ctl, log, func() { once.Do(func() { close(delivered) }) }),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
+	srv := newHTTPServer(router(ctl, log, func() { once.Do(func() { close(delivered) }) }))
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
+	go func() { errc <- srv.serve(l) }()
 	select {
 	case err := <-errc:
 		return err
@@ -162,7 +155,6 @@ func Serve(ctl Controller, l net.Listener, log *slog.Logger, linger time.Duratio
 	case <-delivered:
 	case <-time.After(linger):
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return srv.Shutdown(ctx)
+	srv.shutdown(l, 2*time.Second)
+	return nil
 }

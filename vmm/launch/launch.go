@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/vmm"
-	"github.com/kindlingvm/kindling/vmm/api"
+	"github.com/kindlingvm/kindling/vmm/api/client"
 )
 
 // BinaryName is the VMM executable.
@@ -54,7 +54,7 @@ type Options struct {
 // Process is a running kindling-vmm.
 type Process struct {
 	Cmd    *exec.Cmd
-	Client *api.Client
+	Client *client.Client
 	Sock   string
 	tmp    string
 	exited chan struct{}
@@ -117,7 +117,7 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		p.err = p.Cmd.Wait()
 		close(p.exited)
 	}()
-	p.Client = api.NewClient(p.Sock)
+	p.Client = client.New(p.Sock)
 	timeout := opt.ReadyTimeout
 	if timeout == 0 {
 		timeout = 10 * time.Second

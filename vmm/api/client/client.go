@@ -1,4 +1,6 @@
-package api
+// Package client talks to a kindling-vmm control socket. It uses net/http,
+// which the VMM process itself does not link.
+package client
 
 import (
 	"context"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/api"
 )
 
 // Client talks to one VMM's control socket.
@@ -19,8 +22,8 @@ type Client struct {
 	hc   *http.Client
 }
 
-// NewClient returns a client for the socket at path.
-func NewClient(path string) *Client {
+// New returns a client for the socket at path.
+func New(path string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -60,7 +63,7 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("vmm api %s: %s %s: %w", c.sock, method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e Error
+		var e api.Error
 		if json.Unmarshal(body, &e) == nil && e.Message != "" {
 			return &StatusError{Code: resp.StatusCode, Message: e.Message}
 		}
@@ -91,36 +94,42 @@ func IsConflict(err error) bool {
 // Status returns GET /vm.
 func (c *Client) Status(ctx context.Context) (vmm.Status, error) {
 	var s vmm.Status
-	err := c.do(ctx, http.MethodGet, PathVM, &s)
+	err := c.do(ctx, http.MethodGet, api.PathVM, &s)
 	return s, err
 }
 
 // WaitStopped blocks until the VM stops and returns its final status.
 func (c *Client) WaitStopped(ctx context.Context) (vmm.Status, error) {
 	var s vmm.Status
-	err := c.do(ctx, http.MethodGet, PathVM+"?wait=stopped", &s)
+	err := c.do(ctx, http.MethodGet, api.PathVM+"?wait=stopped", &s)
 	return s, err
 }
 
 // Start boots the VM.
-func (c *Client) Start(ctx context.Context) error { return c.do(ctx, http.MethodPut, PathStart, nil) }
+func (c *Client) Start(ctx context.Context) error {
+	return c.do(ctx, http.MethodPut, api.PathStart, nil)
+}
 
 // Pause pauses the VM.
-func (c *Client) Pause(ctx context.Context) error { return c.do(ctx, http.MethodPut, PathPause, nil) }
+func (c *Client) Pause(ctx context.Context) error {
+	return c.do(ctx, http.MethodPut, api.PathPause, nil)
+}
 
 // Resume resumes the VM.
-func (c *Client) Resume(ctx context.Context) error { return c.do(ctx, http.MethodPut, PathResume, nil) }
+func (c *Client) Resume(ctx context.Context) error {
+	return c.do(ctx, http.MethodPut, api.PathResume, nil)
+}
 
 // Stop stops the VM; the VMM process exits afterwards.
 func (c *Client) Stop(ctx context.Context) (vmm.Status, error) {
 	var s vmm.Status
-	err := c.do(ctx, http.MethodPut, PathStop, &s)
+	err := c.do(ctx, http.MethodPut, api.PathStop, &s)
 	return s, err
 }
 
 // Metrics returns GET /metrics.
 func (c *Client) Metrics(ctx context.Context) (vmm.Metrics, error) {
 	var m vmm.Metrics
-	err := c.do(ctx, http.MethodGet, PathMetrics, &m)
+	err := c.do(ctx, http.MethodGet, api.PathMetrics, &m)
 	return m, err
 }
