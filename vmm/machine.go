@@ -85,6 +85,9 @@ type Machine struct {
 
 	created time.Time
 	metrics metrics
+	// msrsToSave is KVM's MSR index list, less MSRs a vCPU refused to
+	// read; snapshots save these.
+	msrsToSave []uint32
 }
 
 type vcpuThread struct {
@@ -101,10 +104,20 @@ type metrics struct {
 
 // New creates a VM from cfg: KVM objects, memory, devices and, when
 // cfg.Kernel is set, the loaded kernel. The VM does not run until Start.
-func New(cfg Config, opt Options) (_ *Machine, err error) {
+func New(cfg Config, opt Options) (*Machine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	mem, err := memory.New(cfg.MemoryMiB<<20, memory.Options{Memfd: true})
+	if err != nil {
+		return nil, err
+	}
+	return create(cfg, opt, mem, cfg.Kernel != "")
+}
+
+// create builds a VM around mem, which it takes ownership of, loading the
+// kernel when loadKernel is set (a restore brings its own state instead).
+func create(cfg Config, opt Options, mem *memory.Memory, loadKernel bool) (_ *Machine, err error) {
 	log := opt.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -112,7 +125,7 @@ func New(cfg Config, opt Options) (_ *Machine, err error) {
 	if opt.ID != "" {
 		log = log.With("vm", opt.ID)
 	}
-	m := &Machine{cfg: cfg, log: log, state: StateCreated, done: make(chan struct{}), created: time.Now()}
+	m := &Machine{cfg: cfg, log: log, state: StateCreated, done: make(chan struct{}), created: time.Now(), mem: mem}
 	m.cond = sync.NewCond(&m.mu)
 	defer func() {
 		if err != nil {
@@ -140,9 +153,6 @@ func New(cfg Config, opt Options) (_ *Machine, err error) {
 	if err := m.vm.CreatePIT2(); err != nil {
 		return nil, err
 	}
-	if m.mem, err = memory.New(cfg.MemoryMiB<<20, memory.Options{Memfd: true}); err != nil {
-		return nil, err
-	}
 	for i, r := range m.mem.Regions() {
 		if err := m.vm.SetUserMemoryRegion(uint32(i), 0, r.GPA, r.Size, m.mem.HostAddr(r)); err != nil {
 			return nil, err
@@ -154,7 +164,7 @@ func New(cfg Config, opt Options) (_ *Machine, err error) {
 	if err := m.createVCPUs(); err != nil {
 		return nil, err
 	}
-	if cfg.Kernel != "" {
+	if loadKernel {
 		if err := m.loadKernel(); err != nil {
 			return nil, err
 		}
@@ -203,6 +213,7 @@ func (m *Machine) createVCPUs() error {
 	if err != nil {
 		return err
 	}
+	m.msrsToSave = msrIndex
 	for i := 0; i < m.cfg.VCPUs; i++ {
 		c, err := m.vm.CreateVCPU(i)
 		if err != nil {

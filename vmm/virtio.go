@@ -25,6 +25,7 @@ type virtioSlot struct {
 	base      uint64
 	irq       uint32
 	transport *virtio.Transport
+	block     *blk.Block
 	closer    io.Closer // the device's backing file
 }
 
@@ -49,7 +50,7 @@ func (m *Machine) setupVirtio() error {
 			return fmt.Errorf("disk %d %s: %w", i, d.Path, err)
 		}
 		slot := &virtioSlot{name: fmt.Sprintf("virtio-blk%d", i), base: VirtioMMIOBase + uint64(i)*virtio.WindowSize,
-			irq: uint32(virtioFirstIRQ + i), closer: dev}
+			irq: uint32(virtioFirstIRQ + i), block: dev, closer: dev}
 		m.disks = append(m.disks, slot)
 		if slot.transport, err = virtio.NewTransport(m.mem, dev, &irqLine{vm: m.vm, gsi: slot.irq}); err != nil {
 			return fmt.Errorf("disk %d %s: %w", i, d.Path, err)

@@ -306,8 +306,22 @@ func msrBuffer(msrs []MSR) []byte {
 	return buf
 }
 
+// MSRError is a partial KVM_GET_MSRS or KVM_SET_MSRS: KVM stopped at the
+// MSR at Position.
+type MSRError struct {
+	Op       string
+	VCPU     int
+	Position int
+	Index    uint32
+	Total    int
+}
+
+func (e *MSRError) Error() string {
+	return fmt.Sprintf("%s vcpu %d: KVM handled %d of %d MSRs, refused %#x", e.Op, e.VCPU, e.Position, e.Total, e.Index)
+}
+
 // GetMSRs reads the MSRs named by indices. KVM stops at the first MSR it
-// cannot read; that is an error naming it.
+// cannot read; that is an *MSRError naming it.
 func (c *VCPU) GetMSRs(indices []uint32) ([]MSR, error) {
 	if len(indices) == 0 {
 		return nil, nil
@@ -322,7 +336,7 @@ func (c *VCPU) GetMSRs(indices []uint32) ([]MSR, error) {
 		return nil, fmt.Errorf("KVM_GET_MSRS vcpu %d: %w", c.ID, err)
 	}
 	if int(n) != len(msrs) {
-		return nil, fmt.Errorf("KVM_GET_MSRS vcpu %d: KVM read %d of %d MSRs, refused %#x", c.ID, n, len(msrs), msrs[n].Index)
+		return nil, &MSRError{Op: "KVM_GET_MSRS", VCPU: c.ID, Position: int(n), Index: msrs[n].Index, Total: len(msrs)}
 	}
 	for i := range msrs {
 		msrs[i].Value = binary.LittleEndian.Uint64(buf[8+16*i+8:])
@@ -341,7 +355,7 @@ func (c *VCPU) SetMSRs(msrs []MSR) error {
 		return fmt.Errorf("KVM_SET_MSRS vcpu %d: %w", c.ID, err)
 	}
 	if int(n) != len(msrs) {
-		return fmt.Errorf("KVM_SET_MSRS vcpu %d: KVM set %d of %d MSRs, refused %#x", c.ID, n, len(msrs), msrs[n].Index)
+		return &MSRError{Op: "KVM_SET_MSRS", VCPU: c.ID, Position: int(n), Index: msrs[n].Index, Total: len(msrs)}
 	}
 	return nil
 }
