@@ -12,7 +12,7 @@ export CGO_ENABLED := 0
 TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 20s
 
-.PHONY: all setup build kernel test test-slow test-short vet fuzz bench demo clean
+.PHONY: all setup build kernel test test-short vet fuzz bench demo clean
 
 all: build
 
@@ -35,11 +35,6 @@ vet:
 # packages in parallel, and only the vmm package waits for the kernel.
 test: setup build vet
 	KINDLING_LINUX_TEST=1 $(GO) test -timeout $(TEST_TIMEOUT) ./...
-
-# Also the opt-in slow tests (the bzImage boot: over 10 minutes where guest
-# kernel mode is emulated).
-test-slow: setup build vet
-	KINDLING_LINUX_TEST=1 KINDLING_SLOW_TESTS=1 $(GO) test -timeout 90m ./...
 
 # Everything but the Linux boot test.
 test-short: build

@@ -17,10 +17,12 @@ import (
 )
 
 const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id NAME]
+       kindling-vmm --restore DIR --api-sock PATH [--console C] [--start]
 
 Runs one microVM. The VM is created from the JSON config (kernel, initrd,
-cmdline, memory_mib, vcpus, disks, console) and waits for PUT /vm/start on
-the API socket, unless --start is given. The process exits when the VM
+cmdline, memory_mib, vcpus, disks, console), or restored from a snapshot
+directory (its memory mapped copy-on-write, so many VMs can share it), and
+waits for PUT /vm/start on the API socket, unless --start is given. The process exits when the VM
 stops and a client has read its exit reason (or --linger has passed):
 status 0 for a guest reset or power-off or a host stop, 1 for a guest
 crash or VMM error, 2 for bad flags or config.
@@ -28,6 +30,7 @@ crash or VMM error, 2 for bad flags or config.
 API (HTTP/1.1 + JSON; try curl --unix-socket PATH http://vmm/vm):
   GET /vm[?wait=stopped]   state and exit reason
   PUT /vm/start | /vm/pause | /vm/resume | /vm/stop
+  PUT /vm/snapshot  {"dir": "/path"}   (VM paused)
   GET /metrics
 `
 
@@ -35,6 +38,8 @@ func main() {
 	fs := flag.NewFlagSet("kindling-vmm", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	cfgPath := fs.String("config", "", "VM config `file` (JSON)")
+	restore := fs.String("restore", "", "restore the snapshot in `dir` instead of booting from a config")
+	console := fs.String("console", "", "with --restore: where the console goes (stdout, none or a file), overriding the snapshot's")
 	sock := fs.String("api-sock", "", "control socket `path`")
 	start := fs.Bool("start", false, "boot at once instead of waiting for PUT /vm/start")
 	id := fs.String("id", "", "VM `name` used in logs")
@@ -43,8 +48,8 @@ func main() {
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
-	if *cfgPath == "" || *sock == "" {
-		fmt.Fprintln(os.Stderr, "kindling-vmm: --config and --api-sock are required (see --help)")
+	if (*cfgPath == "") == (*restore == "") || *sock == "" {
+		fmt.Fprintln(os.Stderr, "kindling-vmm: --api-sock and one of --config or --restore are required (see --help)")
 		os.Exit(2)
 	}
 	level := slog.LevelWarn
@@ -52,22 +57,27 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	os.Exit(run(*cfgPath, *sock, *start, *id, *linger, log))
+	create := func() (*vmm.Machine, error) {
+		if *restore != "" {
+			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console}, vmm.Options{Logger: log, ID: *id})
+		}
+		cfg, err := vmm.LoadConfig(*cfgPath)
+		if err != nil {
+			return nil, err
+		}
+		return vmm.New(*cfg, vmm.Options{Logger: log, ID: *id})
+	}
+	os.Exit(run(create, *sock, *start, *linger, log))
 }
 
-func run(cfgPath, sock string, start bool, id string, linger time.Duration, log *slog.Logger) int {
-	cfg, err := vmm.LoadConfig(cfgPath)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
-		return 2
-	}
+func run(create func() (*vmm.Machine, error), sock string, start bool, linger time.Duration, log *slog.Logger) int {
 	l, err := api.Listen(sock)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
 		return 2
 	}
 	defer os.Remove(sock)
-	m, err := vmm.New(*cfg, vmm.Options{Logger: log, ID: id})
+	m, err := create()
 	if err != nil {
 		l.Close()
 		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)

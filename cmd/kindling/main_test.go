@@ -4,13 +4,19 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kindlingvm/kindling/internal/asm"
+	"github.com/kindlingvm/kindling/internal/testguest"
+	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/api"
 )
 
 // binDir holds kindling and kindling-vmm built for these tests.
@@ -153,5 +159,79 @@ func TestHelpExplainsItself(t *testing.T) {
 		if !strings.Contains(stdout+stderr, "usage:") {
 			t.Errorf("kindling %v: no usage text:\n%s%s", args, stdout, stderr)
 		}
+	}
+}
+
+// A snapshot taken mid-computation restores in a new kindling-vmm process
+// (kindling vm restore) and prints the same results as an uninterrupted
+// run; the snapshot itself is cut through the VMM's API (kindling vm
+// snapshot).
+func TestSnapshotRestoresInANewProcess(t *testing.T) {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("skipping: no /dev/kvm (%v)", err)
+	}
+	// Uninterrupted reference, in process.
+	var want bytes.Buffer
+	ref, err := vmm.New(vmm.Config{MemoryMiB: 8, VCPUs: 2}, vmm.Options{Console: &want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ref.Close()
+	if err := testguest.LoadXorshift(ref.Memory()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := testguest.StartUser64(ref.VCPU(i), ref.Memory(), i, 2, testguest.Rounds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	ref.Start()
+	if r := ref.Wait(); r.Kind != vmm.ExitGuestReset {
+		t.Fatalf("reference run: %v", r)
+	}
+	took := time.Since(start)
+
+	// Interrupted run in process, snapshotted through its API socket with
+	// the CLI, as an operator would.
+	m, err := vmm.New(vmm.Config{MemoryMiB: 8, VCPUs: 2}, vmm.Options{Console: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := testguest.LoadXorshift(m.Memory()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := testguest.StartUser64(m.VCPU(i), m.Memory(), i, 2, testguest.Rounds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	l, err := api.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go api.Serve(m, l, slog.New(slog.NewTextHandler(io.Discard, nil)), api.DefaultLinger)
+	m.Start()
+	time.Sleep(took / 3)
+	snap := filepath.Join(dir, "snap")
+	out, stderr, code := kindling(t, "vm", "snapshot", "--api-sock", sock, "--dir", snap)
+	if code != 0 {
+		t.Fatalf("vm snapshot: exit %d: %s", code, stderr)
+	}
+	if v, _ := m.Memory().ReadU64(testguest.ResultAddr); v != 0 {
+		t.Skipf("the guest finished before the snapshot (reference run took %v)", took)
+	}
+	t.Logf("%s", strings.TrimSpace(out))
+	m.Stop()
+
+	stdout, stderr, code := kindling(t, "vm", "restore", "--from", snap)
+	if code != 0 || stdout != want.String() || !strings.Contains(stderr, "guest-reset") {
+		t.Fatalf("restore: exit %d, stdout %q (uninterrupted run printed %q), stderr %q", code, stdout, want.String(), stderr)
+	}
+	if _, stderr, code := kindling(t, "vm", "restore", "--from", filepath.Join(dir, "nope")); code == 0 || !strings.Contains(stderr, "nope") {
+		t.Fatalf("restore of a missing snapshot: exit %d, %q", code, stderr)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -17,6 +18,8 @@ import (
 )
 
 const vmUsage = `usage: kindling vm run --kernel FILE [flags]
+       kindling vm restore --from DIR [--console C] [--timeout D]
+       kindling vm snapshot --api-sock PATH --dir DIR [--resume]
        kindling vm status|pause|resume|stop|metrics --api-sock PATH
 
 'vm run' starts a kindling-vmm process, boots the kernel through its API and
@@ -24,7 +27,10 @@ streams the guest's serial console to stdout until the VM stops. It exits 0
 when the guest resets or powers off (or on --timeout / Ctrl-C, which stop
 the VM), 1 when the guest crashed or the VMM failed, 2 on bad input.
 
-The other verbs drive a VM that is already running, through its socket.
+'vm snapshot' pauses a running VM and writes a full snapshot to DIR (state
+file plus sparse memory file); 'vm restore' starts a new kindling-vmm from
+it and streams the console as 'vm run' does. The other verbs drive a VM
+that is already running, through its socket.
 `
 
 func vmMain(args []string) error {
@@ -35,6 +41,10 @@ func vmMain(args []string) error {
 	switch args[0] {
 	case "run":
 		return vmRun(args[1:])
+	case "restore":
+		return vmRestore(args[1:])
+	case "snapshot":
+		return vmSnapshot(args[1:])
 	case "status", "pause", "resume", "stop", "metrics":
 		return vmControl(args[0], args[1:])
 	case "-h", "--help", "help":
@@ -98,9 +108,14 @@ func vmRun(args []string) error {
 		return badInput(err)
 	}
 
+	return launchAndWait(cfg, launch.Options{ID: *id, Stdout: os.Stdout}, *verbose, *timeout)
+}
+
+// launchAndWait starts kindling-vmm, boots (or resumes) the VM through its
+// API, and waits for it to stop, reporting the exit reason.
+func launchAndWait(cfg vmm.Config, opt launch.Options, verbose bool, timeout time.Duration) error {
 	ctx := context.Background()
-	opt := launch.Options{ID: *id, Stdout: os.Stdout}
-	if *verbose {
+	if verbose {
 		opt.Stderr = os.Stderr
 	}
 	p, err := launch.Start(ctx, cfg, opt)
@@ -114,8 +129,8 @@ func vmRun(args []string) error {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 	var deadline <-chan time.Time
-	if *timeout > 0 {
-		deadline = time.After(*timeout)
+	if timeout > 0 {
+		deadline = time.After(timeout)
 	}
 	done := make(chan vmm.Status, 1)
 	go func() {
@@ -131,7 +146,7 @@ func vmRun(args []string) error {
 	case <-stop:
 		st, _ = p.Client.Stop(ctx)
 	case <-deadline:
-		fmt.Fprintf(os.Stderr, "kindling: --timeout %v reached, stopping the VM\n", *timeout)
+		fmt.Fprintf(os.Stderr, "kindling: --timeout %v reached, stopping the VM\n", timeout)
 		st, _ = p.Client.Stop(ctx)
 	}
 	code := p.Wait()
@@ -143,6 +158,68 @@ func vmRun(args []string) error {
 	if code != 0 {
 		return exitError{1}
 	}
+	return nil
+}
+
+func vmRestore(args []string) error {
+	fs := flag.NewFlagSet("kindling vm restore", flag.ContinueOnError)
+	from := fs.String("from", "", "snapshot `dir` written by 'kindling vm snapshot'")
+	console := fs.String("console", "stdout", "where the serial console goes: stdout, none, or a file path")
+	timeout := fs.Duration("timeout", 0, "stop the VM after this long (0: run until the guest stops)")
+	id := fs.String("id", "", "VM name for logs")
+	verbose := fs.Bool("v", false, "show the VMM's logs")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return exitError{2}
+	}
+	if *from == "" {
+		return badInput(fmt.Errorf("vm restore: --from is required"))
+	}
+	return launchAndWait(vmm.Config{Console: *console}, launch.Options{ID: *id, Stdout: os.Stdout, Restore: *from}, *verbose, *timeout)
+}
+
+func vmSnapshot(args []string) error {
+	fs := flag.NewFlagSet("kindling vm snapshot", flag.ContinueOnError)
+	sock := fs.String("api-sock", "", "the VM's control socket `path`")
+	dir := fs.String("dir", "", "snapshot `dir` to write (created if missing)")
+	resume := fs.Bool("resume", false, "resume the VM after the snapshot (default: leave it paused)")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return exitError{2}
+	}
+	if *sock == "" || *dir == "" {
+		return badInput(fmt.Errorf("vm snapshot: --api-sock and --dir are required"))
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return badInput(err)
+	}
+	c := client.New(*sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if st.State == vmm.StateRunning {
+		if err := c.Pause(ctx); err != nil {
+			return err
+		}
+	}
+	info, err := c.Snapshot(ctx, abs)
+	if err != nil {
+		return err
+	}
+	if *resume {
+		if err := c.Resume(ctx); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("snapshot %s: %d MiB of guest memory, %d KiB written, %v\n", info.Dir, info.MemoryBytes>>20, info.WrittenBytes>>10, info.Took)
 	return nil
 }
 

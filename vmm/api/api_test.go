@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -59,6 +60,12 @@ func (f *fakeVM) Stop() {
 }
 func (f *fakeVM) Done() <-chan struct{} { return f.done }
 func (f *fakeVM) Metrics() vmm.Metrics  { return vmm.Metrics{VCPUs: 3} }
+func (f *fakeVM) Snapshot(dir string) (vmm.SnapshotInfo, error) {
+	if f.Status().State != vmm.StatePaused {
+		return vmm.SnapshotInfo{}, vmm.ErrNotRunning
+	}
+	return vmm.SnapshotInfo{Dir: dir}, nil
+}
 
 func serve(t *testing.T, ctl api.Controller) (*client.Client, <-chan error) {
 	t.Helper()
@@ -82,10 +89,19 @@ func TestLifecycleThroughAPI(t *testing.T) {
 	if err := c.Pause(ctx); !client.IsConflict(err) {
 		t.Fatalf("pause before start: %v, want 409", err)
 	}
-	for _, step := range []func(context.Context) error{c.Start, c.Pause, c.Resume} {
+	if _, err := c.Snapshot(ctx, "/snap"); !client.IsConflict(err) {
+		t.Fatalf("snapshot of a VM that is not paused: %v, want 409", err)
+	}
+	for _, step := range []func(context.Context) error{c.Start, c.Pause} {
 		if err := step(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if info, err := c.Snapshot(ctx, "/snap"); err != nil || info.Dir != "/snap" {
+		t.Fatalf("snapshot: %+v %v", info, err)
+	}
+	if err := c.Resume(ctx); err != nil {
+		t.Fatal(err)
 	}
 	if m, err := c.Metrics(ctx); err != nil || m.VCPUs != 3 {
 		t.Fatalf("metrics %+v %v", m, err)
@@ -137,6 +153,11 @@ func raw(t *testing.T, sock, req string) string {
 	return string(b)
 }
 
+// putJSON is a raw PUT with a JSON body and its real length.
+func putJSON(path, body string) string {
+	return fmt.Sprintf("PUT %s HTTP/1.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", path, len(body), body)
+}
+
 func TestRawHTTP(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	l, err := api.Listen(sock)
@@ -157,6 +178,9 @@ func TestRawHTTP(t *testing.T) {
 		{"GET /vm HTTP/1.1\r\nX: " + strings.Repeat("a", 10000) + "\r\n\r\n", "431 Request Header Fields Too Large", "too long"},
 		{"GET /vm HTTP/1.1\r\n" + strings.Repeat("X: y\r\n", 100) + "\r\n", "431 Request Header Fields Too Large", "too large"},
 		{"GET /vm HTTP/1.0\r\n\r\n", "200 OK", `"state"`},
+		{putJSON("/vm/snapshot", `{"dir":"/x","k":1}`), "400 Bad Request", "unknown field"},
+		{putJSON("/vm/snapshot", `{"dir":"/x","kind":"diff"}`), "400 Bad Request", `only \"full\"`},
+		{putJSON("/vm/snapshot", `{}`), "400 Bad Request", `\"dir\" is required`},
 	} {
 		got := raw(t, sock, tc.req)
 		if !strings.HasPrefix(got, "HTTP/1.1 "+tc.status+"\r\n") || !strings.Contains(got, tc.body) {

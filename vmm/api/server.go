@@ -8,6 +8,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,13 @@ type Controller interface {
 	Stop()
 	Done() <-chan struct{}
 	Metrics() vmm.Metrics
+	Snapshot(dir string) (vmm.SnapshotInfo, error)
+}
+
+// SnapshotRequest is the body of PUT /vm/snapshot.
+type SnapshotRequest struct {
+	Dir  string `json:"dir"`
+	Kind string `json:"kind,omitempty"` // "full" (the default)
 }
 
 // Error is the body of every non-2xx response.
@@ -38,12 +46,13 @@ type Error struct {
 
 // Routes, for the server and the client alike.
 const (
-	PathVM      = "/vm"
-	PathStart   = "/vm/start"
-	PathPause   = "/vm/pause"
-	PathResume  = "/vm/resume"
-	PathStop    = "/vm/stop"
-	PathMetrics = "/metrics"
+	PathVM       = "/vm"
+	PathStart    = "/vm/start"
+	PathPause    = "/vm/pause"
+	PathResume   = "/vm/resume"
+	PathStop     = "/vm/stop"
+	PathSnapshot = "/vm/snapshot"
+	PathMetrics  = "/metrics"
 )
 
 // router returns the API's routes for one VM. delivered is called after
@@ -74,16 +83,18 @@ func router(ctl Controller, log *slog.Logger, delivered func()) func(*request) r
 	}
 	return func(r *request) response {
 		want := "GET"
-		if _, ok := actions[r.path]; ok {
+		if _, ok := actions[r.path]; ok || r.path == PathSnapshot {
 			want = "PUT"
 		}
 		switch {
-		case r.path != PathVM && r.path != PathMetrics && actions[r.path] == nil:
-			return jsonError(404, fmt.Sprintf("%s %s: no such endpoint; the API has GET /vm, PUT /vm/{start,pause,resume,stop}, GET /metrics", r.method, r.path))
+		case r.path != PathVM && r.path != PathMetrics && r.path != PathSnapshot && actions[r.path] == nil:
+			return jsonError(404, fmt.Sprintf("%s %s: no such endpoint; the API has GET /vm, PUT /vm/{start,pause,resume,stop,snapshot}, GET /metrics", r.method, r.path))
 		case r.method != want:
 			return jsonError(405, fmt.Sprintf("%s %s: use %s", r.method, r.path, want))
 		case r.path == PathMetrics:
 			return jsonResponse(200, ctl.Metrics())
+		case r.path == PathSnapshot:
+			return snapshot(ctl, log, r.body)
 		case r.path == PathVM:
 			switch w := r.query["wait"]; w {
 			case "":
@@ -98,6 +109,33 @@ func router(ctl Controller, log *slog.Logger, delivered func()) func(*request) r
 		}
 		return action(r.path, actions[r.path])
 	}
+}
+
+func snapshot(ctl Controller, log *slog.Logger, body []byte) response {
+	var req SnapshotRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return jsonError(400, fmt.Sprintf("snapshot request: %v; send {\"dir\": \"/path\", \"kind\": \"full\"}", err))
+	}
+	if req.Dir == "" {
+		return jsonError(400, "snapshot request: \"dir\" is required")
+	}
+	switch req.Kind {
+	case "", "full":
+	default:
+		return jsonError(400, fmt.Sprintf("snapshot kind %q: only \"full\" snapshots exist so far", req.Kind))
+	}
+	info, err := ctl.Snapshot(req.Dir)
+	if err != nil {
+		code := 500
+		if errors.Is(err, vmm.ErrNotRunning) {
+			code = 409
+		}
+		log.Warn("snapshot failed", "dir", req.Dir, "err", err)
+		return jsonError(code, err.Error())
+	}
+	return jsonResponse(200, info)
 }
 
 func jsonResponse(code int, v any) response {

@@ -47,6 +47,9 @@ type Options struct {
 	Stdout io.Writer // the guest console (config Console "stdout")
 	Stderr io.Writer // the VMM's logs and errors
 	Start  bool      // pass --start: boot without an API call
+	// Restore, when set, restores this snapshot directory instead of
+	// booting the config; the config's Console is passed as an override.
+	Restore string
 	// ReadyTimeout bounds how long the API may take to come up.
 	ReadyTimeout time.Duration
 }
@@ -90,6 +93,12 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 	}
 	p.Sock = filepath.Join(dir, "api.sock")
 	args := []string{"--config", cfgPath, "--api-sock", p.Sock}
+	if opt.Restore != "" {
+		args = []string{"--restore", opt.Restore, "--api-sock", p.Sock}
+		if cfg.Console != "" {
+			args = append(args, "--console", cfg.Console)
+		}
+	}
 	if opt.ID != "" {
 		args = append(args, "--id", opt.ID)
 	}

@@ -3,6 +3,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,7 +50,19 @@ func (c *Client) WaitReady(ctx context.Context) error {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://vmm"+path, nil)
+	return c.doBody(ctx, method, path, nil, out)
+}
+
+func (c *Client) doBody(ctx context.Context, method, path string, in, out any) error {
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://vmm"+path, reqBody)
 	if err != nil {
 		return err
 	}
@@ -125,6 +138,14 @@ func (c *Client) Stop(ctx context.Context) (vmm.Status, error) {
 	var s vmm.Status
 	err := c.do(ctx, http.MethodPut, api.PathStop, &s)
 	return s, err
+}
+
+// Snapshot writes a full snapshot of the paused VM to dir (a path the VMM
+// process can write).
+func (c *Client) Snapshot(ctx context.Context, dir string) (vmm.SnapshotInfo, error) {
+	var info vmm.SnapshotInfo
+	err := c.doBody(ctx, http.MethodPut, api.PathSnapshot, api.SnapshotRequest{Dir: dir, Kind: "full"}, &info)
+	return info, err
 }
 
 // Metrics returns GET /metrics.
