@@ -89,3 +89,75 @@ func TestSnapshotMidRunRestoresToTheSameResult(t *testing.T) {
 		})
 	}
 }
+
+// Ten VMs restored at once from one snapshot share its memory file
+// copy-on-write: each runs to the right result, the file never changes.
+func TestTenVMsFromOneSnapshot(t *testing.T) {
+	ref, refCon := bareVM(t, 8, 1)
+	startXorshift(t, ref, 1)
+	start := time.Now()
+	if r := runToExit(t, ref, 60*time.Second); r.Kind != ExitGuestReset {
+		t.Fatalf("reference run: %v", r)
+	}
+	took := time.Since(start)
+
+	m, _ := bareVM(t, 8, 1)
+	startXorshift(t, m, 1)
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(took / 3)
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "snap")
+	if _, err := m.Snapshot(dir); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+	memBefore, _ := os.ReadFile(filepath.Join(dir, "memory"))
+
+	const n = 10
+	type result struct {
+		console string
+		exit    ExitReason
+		err     error
+	}
+	results := make(chan result, n)
+	begin := time.Now()
+	for i := 0; i < n; i++ {
+		go func() {
+			con := &syncBuffer{}
+			vm, err := Restore(dir, RestoreOverrides{}, Options{Console: con})
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			defer vm.Close()
+			if err := vm.Start(); err != nil {
+				results <- result{err: err}
+				return
+			}
+			select {
+			case <-vm.Done():
+			case <-time.After(2 * time.Minute):
+				vm.Stop()
+			}
+			results <- result{console: con.String(), exit: vm.Wait()}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.exit.Kind != ExitGuestReset || r.console != refCon.String() {
+			t.Errorf("restored VM: exit %v, console %q, want %q", r.exit, r.console, refCon.String())
+		}
+	}
+	t.Logf("%d VMs restored and run to completion in %v (one uninterrupted run: %v)", n, time.Since(begin), took)
+	memAfter, _ := os.ReadFile(filepath.Join(dir, "memory"))
+	if string(memBefore) != string(memAfter) {
+		t.Error("the restored VMs changed the snapshot's memory file")
+	}
+}
