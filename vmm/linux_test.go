@@ -100,7 +100,17 @@ func TestLinuxBoots(t *testing.T) {
 	})
 }
 
-func bootLinux(t *testing.T, kernel func(*kernelbuilder.Artifacts) string, vcpus int) {
+// linuxVM is a booted-from-scratch test VM and what the test needs of it.
+type linuxVM struct {
+	m       *vmm.Machine
+	con     *console
+	report  *hostcheck.Report
+	cmdline string
+}
+
+// newLinuxVM builds (cached) the test kernel and creates a VM for it with
+// an initramfs and a 4 MiB disk; it skips only where KVM is absent.
+func newLinuxVM(t *testing.T, kernel func(*kernelbuilder.Artifacts) string, vcpus int) *linuxVM {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("skipping the Linux boot in -short mode")
@@ -135,13 +145,20 @@ func bootLinux(t *testing.T, kernel func(*kernelbuilder.Artifacts) string, vcpus
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	t.Cleanup(func() { m.Stop(); m.Close() })
+	return &linuxVM{m: m, con: con, report: report, cmdline: cmdline}
+}
+
+const handoff = "Run /init as init process"
+
+func bootLinux(t *testing.T, kernel func(*kernelbuilder.Artifacts) string, vcpus int) {
+	t.Helper()
+	v := newLinuxVM(t, kernel, vcpus)
+	m, con, report, cmdline := v.m, v.con, v.report, v.cmdline
 	start := time.Now()
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer m.Stop()
-	const handoff = "Run /init as init process"
 	timeout := linuxTestTimeout
 	if !con.waitFor(m, handoff, timeout) {
 		m.Stop()
@@ -172,5 +189,55 @@ func bootLinux(t *testing.T, kernel func(*kernelbuilder.Artifacts) string, vcpus
 	}
 	if r := m.Wait(); r.Kind != vmm.ExitGuestReset {
 		t.Fatalf("exit %v, want %s", r, vmm.ExitGuestReset)
+	}
+}
+
+// TestLinuxSnapshotMidBoot snapshots the PVH test kernel on two vCPUs once
+// it has probed its virtio disk, restores the snapshot into a new VM, and
+// requires the restored kernel to finish its boot to the /init hand-off.
+// Slow like TestLinuxBoots (about a minute here).
+func TestLinuxSnapshotMidBoot(t *testing.T) {
+	if os.Getenv("KINDLING_LINUX_TEST") == "" && os.Getenv("KINDLING_TEST_KERNEL_DIR") == "" {
+		t.Skip("skipping the Linux snapshot: set KINDLING_LINUX_TEST=1 (make test does)")
+	}
+	v := newLinuxVM(t, func(a *kernelbuilder.Artifacts) string { return a.Vmlinux }, 2)
+	if err := v.m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	const probed = "virtio_blk virtio0: [vda]"
+	if !v.con.waitFor(v.m, probed, linuxTestTimeout) {
+		t.Fatalf("no %q; console:\n%s", probed, v.con.String())
+	}
+	if err := v.m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(v.con.String(), handoff) {
+		t.Skip("the kernel reached /init before the pause; nothing left to restore into")
+	}
+	dir := filepath.Join(t.TempDir(), "snap")
+	info, err := v.m.Snapshot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.m.Stop()
+	t.Logf("snapshot after %q: %d MiB guest, %d MiB written, in %v", probed, info.MemoryBytes>>20, info.WrittenBytes>>20, info.Took)
+
+	con := newConsole()
+	r, err := vmm.Restore(dir, vmm.RestoreOverrides{}, vmm.Options{Console: con})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	start := time.Now()
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Stop()
+	if !con.waitFor(r, handoff, linuxTestTimeout) {
+		t.Fatalf("the restored kernel did not reach %q; VM %+v; console after restore:\n%s", handoff, r.Status(), con.String())
+	}
+	t.Logf("restored kernel reached the /init hand-off %v after restore", time.Since(start).Round(time.Millisecond))
+	if strings.Contains(con.String(), "Linux version") {
+		t.Error("the restored VM booted again from scratch instead of continuing")
 	}
 }
