@@ -93,6 +93,10 @@ type Machine struct {
 type vcpuThread struct {
 	*kvm.VCPU
 	tid atomic.Int32
+	// cpuid is what the VMM set with KVM_SET_CPUID2: the template in
+	// force. KVM_GET_CPUID2 cannot stand in for it: on PVM hosts it reads
+	// back the host's CPUID instead.
+	cpuid []kvm.CPUIDEntry
 }
 
 type metrics struct {
@@ -219,9 +223,9 @@ func (m *Machine) createVCPUs() error {
 		if err != nil {
 			return err
 		}
-		t := &vcpuThread{VCPU: c}
+		t := &vcpuThread{VCPU: c, cpuid: vcpuCPUID(cpuid, i, m.cfg.VCPUs)}
 		m.vcpus = append(m.vcpus, t)
-		if err := c.SetCPUID(vcpuCPUID(cpuid, i, m.cfg.VCPUs)); err != nil {
+		if err := c.SetCPUID(t.cpuid); err != nil {
 			return err
 		}
 		if err := setupVCPU(c, msrIndex); err != nil {

@@ -50,10 +50,12 @@ type DiskState struct {
 
 // MachineState is a paused VM's complete state, but for its memory.
 type MachineState struct {
-	Config  Config
-	VCPUs   []VCPUState
-	VM      VMState
-	Devices DeviceState
+	// HostKind is the KVM flavour the snapshot was taken on (HostKind()).
+	HostKind string
+	Config   Config
+	VCPUs    []VCPUState
+	VM       VMState
+	Devices  DeviceState
 }
 
 // savableMSRs is the host's MSR index list less the MSRs this vCPU's KVM
@@ -76,8 +78,9 @@ func savableMSRs(c *kvm.VCPU, index []uint32) ([]kvm.MSR, []uint32, error) {
 
 // saveVCPU captures a vCPU, which must not be running. The order follows
 // what KVM needs: MP state before events, events last.
-func (m *Machine) saveVCPU(c *kvm.VCPU) (VCPUState, error) {
-	st := VCPUState{ID: c.ID}
+func (m *Machine) saveVCPU(v *vcpuThread) (VCPUState, error) {
+	c := v.VCPU
+	st := VCPUState{ID: c.ID, CPUID: v.cpuid}
 	mp, err := c.GetMPState()
 	if err != nil {
 		return st, err
@@ -120,9 +123,6 @@ func (m *Machine) saveVCPU(c *kvm.VCPU) (VCPUState, error) {
 			return st, err
 		}
 	}
-	if st.CPUID, err = c.GetCPUID(); err != nil {
-		return st, err
-	}
 	if st.MSRs, m.msrsToSave, err = savableMSRs(c, m.msrsToSave); err != nil {
 		return st, err
 	}
@@ -134,7 +134,8 @@ func (m *Machine) saveVCPU(c *kvm.VCPU) (VCPUState, error) {
 
 // restoreVCPU puts saved state into a fresh vCPU, in the order Firecracker
 // found KVM needs: CPUID before MSRs and registers, LAPIC before events.
-func (m *Machine) restoreVCPU(c *kvm.VCPU, st VCPUState) error {
+func (m *Machine) restoreVCPU(v *vcpuThread, st VCPUState) error {
+	c := v.VCPU
 	if st.TSCKHz != 0 {
 		if cur, err := c.GetTSCKHz(); err == nil && cur != st.TSCKHz {
 			if err := c.SetTSCKHz(st.TSCKHz); err != nil {
@@ -146,6 +147,7 @@ func (m *Machine) restoreVCPU(c *kvm.VCPU, st VCPUState) error {
 	if err := c.SetCPUID(st.CPUID); err != nil {
 		return err
 	}
+	v.cpuid = st.CPUID
 	if err := c.SetMPState(kvm.MPState{State: st.MPState}); err != nil {
 		return err
 	}
@@ -259,9 +261,9 @@ func (m *Machine) CaptureState() (*MachineState, error) {
 	if state != StatePaused {
 		return nil, fmt.Errorf("snapshot: %w (state %s; pause it first)", ErrNotRunning, state)
 	}
-	st := &MachineState{Config: m.cfg}
+	st := &MachineState{Config: m.cfg, HostKind: HostKind()}
 	for _, v := range m.vcpus {
-		vs, err := m.saveVCPU(v.VCPU)
+		vs, err := m.saveVCPU(v)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot vcpu %d: %w", v.ID, err)
 		}
@@ -280,11 +282,18 @@ func (m *Machine) applyState(st *MachineState) error {
 	if len(st.VCPUs) != len(m.vcpus) {
 		return fmt.Errorf("snapshot has %d vcpus, the VM %d", len(st.VCPUs), len(m.vcpus))
 	}
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	if err := checkCompatible(st, supported); err != nil {
+		return err
+	}
 	if err := m.restoreVM(st.VM); err != nil {
 		return fmt.Errorf("restore vm: %w", err)
 	}
 	for i, v := range m.vcpus {
-		if err := m.restoreVCPU(v.VCPU, st.VCPUs[i]); err != nil {
+		if err := m.restoreVCPU(v, st.VCPUs[i]); err != nil {
 			return fmt.Errorf("restore vcpu %d: %w", i, err)
 		}
 	}

@@ -1,12 +1,15 @@
 package vmm
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/kindlingvm/kindling/internal/testguest"
+	"github.com/kindlingvm/kindling/snapshot"
 )
 
 func startXorshift(t testing.TB, m *Machine, vcpus int) {
@@ -160,4 +163,55 @@ func TestTenVMsFromOneSnapshot(t *testing.T) {
 	if string(memBefore) != string(memAfter) {
 		t.Error("the restored VMs changed the snapshot's memory file")
 	}
+}
+
+func TestRestoreRefusesDamagedSnapshots(t *testing.T) {
+	m, _ := bareVM(t, 8, 1)
+	startXorshift(t, m, 1)
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(t.TempDir(), "snap")
+	if _, err := m.Snapshot(good); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+	if _, err := m.Snapshot(good); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("snapshot of a stopped VM: %v", err)
+	}
+	state, _ := os.ReadFile(filepath.Join(good, snapshot.StateFile))
+	memFile, _ := os.ReadFile(filepath.Join(good, snapshot.MemoryFile))
+	for _, tc := range []struct {
+		name  string
+		state []byte
+		mem   []byte
+		want  error
+	}{
+		{"flipped state byte", flip(state, len(state)-10), memFile, snapshot.ErrCorrupt},
+		{"truncated state", state[:len(state)/2], memFile, snapshot.ErrTruncated},
+		{"other format version", flip(state, 8), memFile, snapshot.ErrVersion},
+		{"truncated memory", state, memFile[:len(memFile)/2], snapshot.ErrTruncated},
+	} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, snapshot.StateFile), tc.state, 0o644)
+		os.WriteFile(filepath.Join(dir, snapshot.MemoryFile), tc.mem, 0o644)
+		if _, err := Restore(dir, RestoreOverrides{}, Options{}); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if _, err := Restore(t.TempDir(), RestoreOverrides{}, Options{}); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("empty directory: %v", err)
+	}
+	if _, err := Restore(good, RestoreOverrides{Disks: []Disk{{Path: "/x"}}}, Options{}); err == nil || !strings.Contains(err.Error(), "1 disk overrides for a VM with 0 disks") {
+		t.Errorf("disk override count: %v", err)
+	}
+}
+
+func flip(b []byte, i int) []byte {
+	c := append([]byte(nil), b...)
+	c[i] ^= 0x40
+	return c
 }
