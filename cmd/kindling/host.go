@@ -16,11 +16,8 @@ func hostMain(args []string) error {
 	}
 	fs := flag.NewFlagSet("kindling host check", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := fs.Parse(args[1:]); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return exitError{2}
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
 	}
 	r, err := hostcheck.Run()
 	if err != nil {

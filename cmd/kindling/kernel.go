@@ -51,11 +51,8 @@ func kernelMain(args []string) error {
 	fs.Var(&options, "option", "build: a Kconfig `CONFIG_NAME=value` on top of tinyconfig (repeatable)")
 	fs.Var(&patches, "patch", "build: a unified diff `file` to apply with patch -p1 (repeatable)")
 	fs.Var(&targets, "target", "build: vmlinux or bzImage (repeatable; default both)")
-	if err := fs.Parse(args[1:]); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return exitError{2}
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
 	}
 	var spec kernelbuilder.Spec
 	if args[0] == "build-test" {

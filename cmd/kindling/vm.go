@@ -82,15 +82,9 @@ func vmRun(args []string) error {
 	vcpus := fs.Int("vcpus", 1, "number of vCPUs")
 	var disks diskFlags
 	fs.Var(&disks, "disk", "virtio-blk disk backed by `FILE`; FILE:ro for read-only (repeatable)")
-	console := fs.String("console", "stdout", "where the serial console goes: stdout, none, or a file path")
-	timeout := fs.Duration("timeout", 0, "stop the VM after this long (0: run until the guest stops)")
-	id := fs.String("id", "", "VM name for logs")
-	verbose := fs.Bool("v", false, "show the VMM's logs")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return exitError{2}
+	rf := addRunFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return badInput(fmt.Errorf("vm run: unexpected argument %q", fs.Arg(0)))
@@ -103,12 +97,12 @@ func vmRun(args []string) error {
 		return badInput(fmt.Errorf("--mem: %w", err))
 	}
 	cfg := vmm.Config{Kernel: *kernel, Initrd: *initrd, Cmdline: *cmdline, MemoryMiB: memMiB,
-		VCPUs: *vcpus, Disks: disks, Console: *console}
+		VCPUs: *vcpus, Disks: disks, Console: *rf.console}
 	if err := vmm.Check(cfg); err != nil {
 		return badInput(err)
 	}
 
-	return launchAndWait(cfg, launch.Options{ID: *id, Stdout: os.Stdout}, *verbose, *timeout)
+	return launchAndWait(cfg, launch.Options{ID: *rf.id, Stdout: os.Stdout}, *rf.verbose, *rf.timeout)
 }
 
 // launchAndWait starts kindling-vmm, boots (or resumes) the VM through its
@@ -164,20 +158,14 @@ func launchAndWait(cfg vmm.Config, opt launch.Options, verbose bool, timeout tim
 func vmRestore(args []string) error {
 	fs := flag.NewFlagSet("kindling vm restore", flag.ContinueOnError)
 	from := fs.String("from", "", "snapshot `dir` written by 'kindling vm snapshot'")
-	console := fs.String("console", "stdout", "where the serial console goes: stdout, none, or a file path")
-	timeout := fs.Duration("timeout", 0, "stop the VM after this long (0: run until the guest stops)")
-	id := fs.String("id", "", "VM name for logs")
-	verbose := fs.Bool("v", false, "show the VMM's logs")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return exitError{2}
+	rf := addRunFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *from == "" {
 		return badInput(fmt.Errorf("vm restore: --from is required"))
 	}
-	return launchAndWait(vmm.Config{Console: *console}, launch.Options{ID: *id, Stdout: os.Stdout, Restore: *from}, *verbose, *timeout)
+	return launchAndWait(vmm.Config{Console: *rf.console}, launch.Options{ID: *rf.id, Stdout: os.Stdout, Restore: *from}, *rf.verbose, *rf.timeout)
 }
 
 func vmSnapshot(args []string) error {
@@ -185,11 +173,8 @@ func vmSnapshot(args []string) error {
 	sock := fs.String("api-sock", "", "the VM's control socket `path`")
 	dir := fs.String("dir", "", "snapshot `dir` to write (created if missing)")
 	resume := fs.Bool("resume", false, "resume the VM after the snapshot (default: leave it paused)")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *sock == "" || *dir == "" {
 		return badInput(fmt.Errorf("vm snapshot: --api-sock and --dir are required"))
@@ -223,6 +208,35 @@ func vmSnapshot(args []string) error {
 	return nil
 }
 
+// runFlags are the flags of the verbs that run a VM in the foreground.
+type runFlags struct {
+	console *string
+	timeout *time.Duration
+	id      *string
+	verbose *bool
+}
+
+func addRunFlags(fs *flag.FlagSet) runFlags {
+	return runFlags{
+		console: fs.String("console", "stdout", "where the serial console goes: stdout, none, or a file path"),
+		timeout: fs.Duration("timeout", 0, "stop the VM after this long (0: run until the guest stops)"),
+		id:      fs.String("id", "", "VM name for logs"),
+		verbose: fs.Bool("v", false, "show the VMM's logs"),
+	}
+}
+
+// parseFlags parses args, passing --help through and turning any other
+// flag error (already printed by the flag package) into exit status 2.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return exitError{2}
+	}
+	return nil
+}
+
 // badInput prints err as the one line it is and exits 2.
 func badInput(err error) error {
 	fmt.Fprintf(os.Stderr, "kindling: %v\n", err)
@@ -232,11 +246,8 @@ func badInput(err error) error {
 func vmControl(verb string, args []string) error {
 	fs := flag.NewFlagSet("kindling vm "+verb, flag.ContinueOnError)
 	sock := fs.String("api-sock", "", "the VM's control socket `path`")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return exitError{2}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *sock == "" {
 		return badInput(fmt.Errorf("vm %s: --api-sock is required", verb))
