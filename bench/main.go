@@ -31,8 +31,9 @@ func main() {
 	memMiB := flag.Uint64("mem", 256, "guest memory in MiB")
 	vmmBin := flag.String("vmm", "", "kindling-vmm binary (default: next to this program, then $PATH)")
 	qemuBin := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
+	restoreRuns := flag.Int("restore-runs", 10, "restores per guest size and VMM (0 skips the restore table)")
 	flag.Parse()
-	if err := run(*runs, *memMiB, *vmmBin, *qemuBin); err != nil {
+	if err := run(*runs, *memMiB, *vmmBin, *qemuBin, *restoreRuns); err != nil {
 		fmt.Fprintf(os.Stderr, "kindling-bench: %v\n", err)
 		os.Exit(1)
 	}
@@ -53,7 +54,7 @@ type peer struct {
 	guestMapping func(name string, sizeKiB uint64) bool
 }
 
-func run(runs int, memMiB uint64, vmmBin, qemuBin string) error {
+func run(runs int, memMiB uint64, vmmBin, qemuBin string, restoreRuns int) error {
 	if vmmBin == "" {
 		var err error
 		if vmmBin, err = launch.FindBinary(); err != nil {
@@ -118,7 +119,35 @@ func run(runs int, memMiB uint64, vmmBin, qemuBin string) error {
 	row("RSS total, median", median, func(s sample) float64 { return float64(s.rss) / 1024 }, "MiB")
 	tw.Flush()
 	fmt.Println("\ntargets (DESIGN.md): start <= 0.5x QEMU microvm; RSS beyond guest memory <= 5 MiB")
+	if restoreRuns == 0 {
+		return nil
+	}
+	loop, err := buildLoopKernel(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nRestore from a new process to the restored guest's first instruction (first console byte), %d runs each\n\n", restoreRuns)
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "guest\tkindling-vmm --restore (median)\tqemu -incoming (median)\tratio (ours/qemu)\t")
+	for _, size := range []uint64{128, 512, 2048} {
+		ours, q, err := restoreRow(dir, vmmBin, qemuBin, loop, size, restoreRuns)
+		if err != nil {
+			return fmt.Errorf("restore %d MiB: %w", size, err)
+		}
+		a, b := medianDur(ours), medianDur(q)
+		fmt.Fprintf(tw, "%d MiB\t%.2f ms\t%.2f ms\t%.3f\t\n", size, ms(a), ms(b), ms(a)/ms(b))
+	}
+	tw.Flush()
+	fmt.Println("\ntargets (issue 3): ours <= 0.2x QEMU -incoming; < 3 ms for 512 MiB (Firecracker ~8 ms)")
 	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func medianDur(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
 }
 
 func best(ss []sample, f func(sample) float64) float64 {
