@@ -95,3 +95,31 @@ func TestMemoryFileIsSparse(t *testing.T) {
 		t.Fatalf("size mismatch: %v", err)
 	}
 }
+
+func TestWorkingSetFile(t *testing.T) {
+	dir := t.TempDir()
+	if runs, err := ReadWorkingSet(dir, 1<<20); runs != nil || err != nil {
+		t.Fatalf("no file: %v %v", runs, err)
+	}
+	in := []Run{{0, 4096}, {8192, 3 * 4096}}
+	if err := WriteWorkingSet(dir, in); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ReadWorkingSet(dir, 1<<20)
+	if err != nil || len(out) != 2 || out[1] != in[1] {
+		t.Fatalf("round trip: %v %v", out, err)
+	}
+	if _, err := ReadWorkingSet(dir, 16384); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a run past the memory file: %v", err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, WorkingSetFile))
+	b[len(b)-1] ^= 1
+	os.WriteFile(filepath.Join(dir, WorkingSetFile), b, 0o644)
+	if _, err := ReadWorkingSet(dir, 1<<20); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("flipped byte: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, WorkingSetFile), b[:30], 0o644)
+	if _, err := ReadWorkingSet(dir, 1<<20); !errors.Is(err, ErrTruncated) {
+		t.Fatalf("truncated: %v", err)
+	}
+}

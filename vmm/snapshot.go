@@ -47,6 +47,9 @@ type RestoreOverrides struct {
 	Disks []Disk
 	// Console, when set, replaces the console setting.
 	Console string
+	// Prefetch populates the snapshot's recorded working set (if it has
+	// one) before the VM runs, instead of faulting each page in.
+	Prefetch bool
 }
 
 // Restore creates a paused-equivalent VM (state created, ready to Start)
@@ -80,6 +83,17 @@ func Restore(dir string, ov RestoreOverrides, opt Options) (*Machine, error) {
 		f.Close()
 		return nil, err
 	}
+	if ov.Prefetch {
+		runs, err := snapshot.ReadWorkingSet(dir, mem.Size())
+		if err != nil {
+			mem.Close()
+			return nil, err
+		}
+		if err := mem.Populate(toMemoryRuns(runs)); err != nil {
+			mem.Close()
+			return nil, fmt.Errorf("restore %s: prefetch: %w", dir, err)
+		}
+	}
 	m, err := create(cfg, opt, mem, false)
 	if err != nil {
 		return nil, err
@@ -89,4 +103,33 @@ func Restore(dir string, ov RestoreOverrides, opt Options) (*Machine, error) {
 		return nil, fmt.Errorf("restore %s: %w", dir, err)
 	}
 	return m, nil
+}
+
+// RecordWorkingSet stores, beside the snapshot in dir that this VM was
+// restored from, the guest pages it has touched so far; later restores
+// with Prefetch populate them up front (REAP). It returns the page count.
+func (m *Machine) RecordWorkingSet(dir string) (int, error) {
+	res, err := m.mem.Resident()
+	if err != nil {
+		return 0, err
+	}
+	runs := make([]snapshot.Run, len(res))
+	pages := 0
+	for i, r := range res {
+		runs[i] = snapshot.Run{Offset: r.Offset, Length: r.Length}
+		pages += int(r.Length / memory.PageSize)
+	}
+	if err := snapshot.WriteWorkingSet(dir, runs); err != nil {
+		return 0, err
+	}
+	m.log.Info("working set recorded", "dir", dir, "pages", pages, "runs", len(runs))
+	return pages, nil
+}
+
+func toMemoryRuns(runs []snapshot.Run) []memory.Run {
+	out := make([]memory.Run, len(runs))
+	for i, r := range runs {
+		out[i] = memory.Run{Offset: r.Offset, Length: r.Length}
+	}
+	return out
 }

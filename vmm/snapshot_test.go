@@ -297,3 +297,62 @@ func TestSnapshotWithArmedTimer(t *testing.T) {
 	}
 	t.Logf("snapshot at tick %d; the restored VM counted on to %d", at, tickTarget)
 }
+
+// REAP: the pages a restored VM touches are recorded beside the snapshot;
+// a restore with Prefetch has them mapped before the guest runs, and still
+// computes the right result.
+func TestWorkingSetPrefetch(t *testing.T) {
+	m, _ := bareVM(t, 64, 1)
+	startXorshift(t, m, 1)
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "snap")
+	if _, err := m.Snapshot(dir); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+
+	first, err := Restore(dir, RestoreOverrides{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := first.Memory().Resident()
+	if r := runToExit(t, first, 60*time.Second); r.Kind != ExitGuestReset {
+		t.Fatalf("first restore: %v", r)
+	}
+	want := results(t, first, 1)
+	pages, err := first.RecordWorkingSet(dir)
+	first.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pages == 0 || len(before) != 0 {
+		t.Fatalf("recorded %d pages (resident before the run: %v)", pages, before)
+	}
+
+	second, err := Restore(dir, RestoreOverrides{Prefetch: true}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	res, _ := second.Memory().Resident()
+	got := 0
+	for _, r := range res {
+		got += int(r.Length / 4096)
+	}
+	if got < pages {
+		t.Fatalf("prefetch mapped %d of the %d working-set pages before the guest ran", got, pages)
+	}
+	if r := runToExit(t, second, 60*time.Second); r.Kind != ExitGuestReset {
+		t.Fatalf("prefetched restore: %v", r)
+	}
+	if res := results(t, second, 1); res[0] != want[0] {
+		t.Fatalf("prefetched restore computed %#x, want %#x", res[0], want[0])
+	}
+	t.Logf("working set: %d pages of a 64 MiB guest", pages)
+}

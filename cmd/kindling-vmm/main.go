@@ -30,7 +30,8 @@ crash or VMM error, 2 for bad flags or config.
 API (HTTP/1.1 + JSON; try curl --unix-socket PATH http://vmm/vm):
   GET /vm[?wait=stopped]   state and exit reason
   PUT /vm/start | /vm/pause | /vm/resume | /vm/stop
-  PUT /vm/snapshot  {"dir": "/path"}   (VM paused)
+  PUT /vm/snapshot    {"dir": "/path"}   (VM paused)
+  PUT /vm/workingset  {"dir": "/path"}   (record the pages touched since the restore)
   GET /metrics
 `
 
@@ -40,6 +41,7 @@ func main() {
 	cfgPath := fs.String("config", "", "VM config `file` (JSON)")
 	restore := fs.String("restore", "", "restore the snapshot in `dir` instead of booting from a config")
 	console := fs.String("console", "", "with --restore: where the console goes (stdout, none or a file), overriding the snapshot's")
+	prefetch := fs.Bool("prefetch", false, "with --restore: populate the snapshot's recorded working set before the VM runs")
 	sock := fs.String("api-sock", "", "control socket `path`")
 	start := fs.Bool("start", false, "boot at once instead of waiting for PUT /vm/start")
 	id := fs.String("id", "", "VM `name` used in logs")
@@ -59,7 +61,7 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	create := func() (*vmm.Machine, error) {
 		if *restore != "" {
-			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console}, vmm.Options{Logger: log, ID: *id})
+			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console, Prefetch: *prefetch}, vmm.Options{Logger: log, ID: *id})
 		}
 		cfg, err := vmm.LoadConfig(*cfgPath)
 		if err != nil {

@@ -18,8 +18,9 @@ import (
 )
 
 const vmUsage = `usage: kindling vm run --kernel FILE [flags]
-       kindling vm restore --from DIR [--console C] [--timeout D]
+       kindling vm restore --from DIR [--prefetch] [--console C] [--timeout D]
        kindling vm snapshot --api-sock PATH --dir DIR [--resume]
+       kindling vm workingset --api-sock PATH --dir DIR
        kindling vm status|pause|resume|stop|metrics --api-sock PATH
 
 'vm run' starts a kindling-vmm process, boots the kernel through its API and
@@ -29,8 +30,10 @@ the VM), 1 when the guest crashed or the VMM failed, 2 on bad input.
 
 'vm snapshot' pauses a running VM and writes a full snapshot to DIR (state
 file plus sparse memory file); 'vm restore' starts a new kindling-vmm from
-it and streams the console as 'vm run' does. The other verbs drive a VM
-that is already running, through its socket.
+it and streams the console as 'vm run' does. 'vm workingset' records, beside
+the snapshot a VM was restored from, the guest pages it has touched; later
+'vm restore --prefetch' maps those in before the guest runs (REAP). The
+other verbs drive a VM that is already running, through its socket.
 `
 
 func vmMain(args []string) error {
@@ -45,6 +48,8 @@ func vmMain(args []string) error {
 		return vmRestore(args[1:])
 	case "snapshot":
 		return vmSnapshot(args[1:])
+	case "workingset":
+		return vmWorkingSet(args[1:])
 	case "status", "pause", "resume", "stop", "metrics":
 		return vmControl(args[0], args[1:])
 	case "-h", "--help", "help":
@@ -158,6 +163,7 @@ func launchAndWait(cfg vmm.Config, opt launch.Options, verbose bool, timeout tim
 func vmRestore(args []string) error {
 	fs := flag.NewFlagSet("kindling vm restore", flag.ContinueOnError)
 	from := fs.String("from", "", "snapshot `dir` written by 'kindling vm snapshot'")
+	prefetch := fs.Bool("prefetch", false, "map the snapshot's recorded working set in before the guest runs")
 	rf := addRunFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -165,7 +171,7 @@ func vmRestore(args []string) error {
 	if *from == "" {
 		return badInput(fmt.Errorf("vm restore: --from is required"))
 	}
-	return launchAndWait(vmm.Config{Console: *rf.console}, launch.Options{ID: *rf.id, Stdout: os.Stdout, Restore: *from}, *rf.verbose, *rf.timeout)
+	return launchAndWait(vmm.Config{Console: *rf.console}, launch.Options{ID: *rf.id, Stdout: os.Stdout, Restore: *from, Prefetch: *prefetch}, *rf.verbose, *rf.timeout)
 }
 
 func vmSnapshot(args []string) error {
@@ -205,6 +211,30 @@ func vmSnapshot(args []string) error {
 		}
 	}
 	fmt.Printf("snapshot %s: %d MiB of guest memory, %d KiB written, %v\n", info.Dir, info.MemoryBytes>>20, info.WrittenBytes>>10, info.Took)
+	return nil
+}
+
+func vmWorkingSet(args []string) error {
+	fs := flag.NewFlagSet("kindling vm workingset", flag.ContinueOnError)
+	sock := fs.String("api-sock", "", "the restored VM's control socket `path`")
+	dir := fs.String("dir", "", "the snapshot `dir` the VM was restored from")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *sock == "" || *dir == "" {
+		return badInput(fmt.Errorf("vm workingset: --api-sock and --dir are required"))
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return badInput(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pages, err := client.New(*sock).RecordWorkingSet(ctx, abs)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("working set of %s: %d pages (%d KiB)\n", abs, pages, pages*4)
 	return nil
 }
 

@@ -58,8 +58,9 @@ func (f *fakeVM) Stop() {
 		close(f.done)
 	}
 }
-func (f *fakeVM) Done() <-chan struct{} { return f.done }
-func (f *fakeVM) Metrics() vmm.Metrics  { return vmm.Metrics{VCPUs: 3} }
+func (f *fakeVM) Done() <-chan struct{}                    { return f.done }
+func (f *fakeVM) Metrics() vmm.Metrics                     { return vmm.Metrics{VCPUs: 3} }
+func (f *fakeVM) RecordWorkingSet(dir string) (int, error) { return 7, nil }
 func (f *fakeVM) Snapshot(dir string) (vmm.SnapshotInfo, error) {
 	if f.Status().State != vmm.StatePaused {
 		return vmm.SnapshotInfo{}, vmm.ErrNotRunning
@@ -181,6 +182,8 @@ func TestRawHTTP(t *testing.T) {
 		{putJSON("/vm/snapshot", `{"dir":"/x","k":1}`), "400 Bad Request", "unknown field"},
 		{putJSON("/vm/snapshot", `{"dir":"/x","kind":"diff"}`), "400 Bad Request", `only \"full\"`},
 		{putJSON("/vm/snapshot", `{}`), "400 Bad Request", `\"dir\" is required`},
+		{putJSON("/vm/workingset", `{"dir":"/s"}`), "200 OK", `{"pages":7}`},
+		{putJSON("/vm/workingset", `{}`), "400 Bad Request", "working set request"},
 	} {
 		got := raw(t, sock, tc.req)
 		if !strings.HasPrefix(got, "HTTP/1.1 "+tc.status+"\r\n") || !strings.Contains(got, tc.body) {

@@ -31,6 +31,12 @@ type Controller interface {
 	Done() <-chan struct{}
 	Metrics() vmm.Metrics
 	Snapshot(dir string) (vmm.SnapshotInfo, error)
+	RecordWorkingSet(dir string) (int, error)
+}
+
+// WorkingSetResponse is the answer to PUT /vm/workingset.
+type WorkingSetResponse struct {
+	Pages int `json:"pages"`
 }
 
 // SnapshotRequest is the body of PUT /vm/snapshot.
@@ -46,13 +52,14 @@ type Error struct {
 
 // Routes, for the server and the client alike.
 const (
-	PathVM       = "/vm"
-	PathStart    = "/vm/start"
-	PathPause    = "/vm/pause"
-	PathResume   = "/vm/resume"
-	PathStop     = "/vm/stop"
-	PathSnapshot = "/vm/snapshot"
-	PathMetrics  = "/metrics"
+	PathVM         = "/vm"
+	PathStart      = "/vm/start"
+	PathPause      = "/vm/pause"
+	PathResume     = "/vm/resume"
+	PathStop       = "/vm/stop"
+	PathSnapshot   = "/vm/snapshot"
+	PathWorkingSet = "/vm/workingset"
+	PathMetrics    = "/metrics"
 )
 
 // router returns the API's routes for one VM. delivered is called after
@@ -83,18 +90,20 @@ func router(ctl Controller, log *slog.Logger, delivered func()) func(*request) r
 	}
 	return func(r *request) response {
 		want := "GET"
-		if _, ok := actions[r.path]; ok || r.path == PathSnapshot {
+		if _, ok := actions[r.path]; ok || r.path == PathSnapshot || r.path == PathWorkingSet {
 			want = "PUT"
 		}
 		switch {
-		case r.path != PathVM && r.path != PathMetrics && r.path != PathSnapshot && actions[r.path] == nil:
-			return jsonError(404, fmt.Sprintf("%s %s: no such endpoint; the API has GET /vm, PUT /vm/{start,pause,resume,stop,snapshot}, GET /metrics", r.method, r.path))
+		case r.path != PathVM && r.path != PathMetrics && r.path != PathSnapshot && r.path != PathWorkingSet && actions[r.path] == nil:
+			return jsonError(404, fmt.Sprintf("%s %s: no such endpoint; the API has GET /vm, PUT /vm/{start,pause,resume,stop,snapshot,workingset}, GET /metrics", r.method, r.path))
 		case r.method != want:
 			return jsonError(405, fmt.Sprintf("%s %s: use %s", r.method, r.path, want))
 		case r.path == PathMetrics:
 			return jsonResponse(200, ctl.Metrics())
 		case r.path == PathSnapshot:
 			return snapshot(ctl, log, r.body)
+		case r.path == PathWorkingSet:
+			return workingSet(ctl, r.body)
 		case r.path == PathVM:
 			switch w := r.query["wait"]; w {
 			case "":
@@ -136,6 +145,18 @@ func snapshot(ctl Controller, log *slog.Logger, body []byte) response {
 		return jsonError(code, err.Error())
 	}
 	return jsonResponse(200, info)
+}
+
+func workingSet(ctl Controller, body []byte) response {
+	var req SnapshotRequest
+	if err := json.Unmarshal(body, &req); err != nil || req.Dir == "" {
+		return jsonError(400, "working set request: send {\"dir\": \"/snapshot/the/vm/was/restored/from\"}")
+	}
+	pages, err := ctl.RecordWorkingSet(req.Dir)
+	if err != nil {
+		return jsonError(500, err.Error())
+	}
+	return jsonResponse(200, WorkingSetResponse{Pages: pages})
 }
 
 func jsonResponse(code int, v any) response {

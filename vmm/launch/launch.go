@@ -50,6 +50,8 @@ type Options struct {
 	// Restore, when set, restores this snapshot directory instead of
 	// booting the config; the config's Console is passed as an override.
 	Restore string
+	// Prefetch, with Restore, populates the snapshot's working set first.
+	Prefetch bool
 	// ReadyTimeout bounds how long the API may take to come up.
 	ReadyTimeout time.Duration
 }
@@ -97,6 +99,9 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		args = []string{"--restore", opt.Restore, "--api-sock", p.Sock}
 		if cfg.Console != "" {
 			args = append(args, "--console", cfg.Console)
+		}
+		if opt.Prefetch {
+			args = append(args, "--prefetch")
 		}
 	}
 	if opt.ID != "" {

@@ -148,6 +148,14 @@ func (c *Client) Snapshot(ctx context.Context, dir string) (vmm.SnapshotInfo, er
 	return info, err
 }
 
+// RecordWorkingSet stores the pages the VM has touched beside the snapshot
+// in dir it was restored from, and returns how many.
+func (c *Client) RecordWorkingSet(ctx context.Context, dir string) (int, error) {
+	var r api.WorkingSetResponse
+	err := c.doBody(ctx, http.MethodPut, api.PathWorkingSet, api.SnapshotRequest{Dir: dir}, &r)
+	return r.Pages, err
+}
+
 // Metrics returns GET /metrics.
 func (c *Client) Metrics(ctx context.Context) (vmm.Metrics, error) {
 	var m vmm.Metrics
