@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,6 +140,14 @@ func run(runs int, memMiB uint64, vmmBin, qemuBin string, restoreRuns int) error
 	}
 	tw.Flush()
 	fmt.Println("\ntargets (issue 3): ours <= 0.2x QEMU -incoming; < 3 ms for 512 MiB (Firecracker ~8 ms)")
+	const rateN, rateConc = 60, 4
+	rate, err := restoreRateFor(dir, vmmBin, loop, 128, rateN, rateConc)
+	if err != nil {
+		return fmt.Errorf("restore rate: %w", err)
+	}
+	fmt.Printf("\nrestores per second (128 MiB, each a new kindling-vmm to its first guest instruction, %d at a time, %d CPUs): %.0f/s\n",
+		rateConc, runtime.NumCPU(), rate)
+	fmt.Println("target (DESIGN.md): >= 150/s on bare metal, where Firecracker stands")
 	return nil
 }
 

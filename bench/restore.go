@@ -134,6 +134,30 @@ func qemuArgs(kernel string, memMiB uint64, extra ...string) []string {
 		"-display", "none", "-serial", "stdio", "-kernel", kernel}, extra...)
 }
 
+// restoreRate restores snap n times, conc at a time, each in a new
+// kindling-vmm process run to its first console byte, and returns
+// restores per second.
+func restoreRate(dir, vmmBin, snap string, n, conc int) (float64, error) {
+	start := time.Now()
+	errs := make(chan error, n)
+	sem := make(chan struct{}, conc)
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem }()
+			sock := filepath.Join(dir, fmt.Sprintf("rate%d.sock", i))
+			_, err := firstByte(exec.Command(vmmBin, "--restore", snap, "--api-sock", sock, "--start", "--console", "stdout"), 'R')
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			return 0, err
+		}
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
 // restoreRow measures restores of one guest size for both VMMs.
 func restoreRow(dir, vmmBin, qemuBin, kernel string, memMiB uint64, runs int) (ours, qemu []time.Duration, err error) {
 	sub := filepath.Join(dir, fmt.Sprintf("restore-%d", memMiB))
@@ -162,6 +186,20 @@ func restoreRow(dir, vmmBin, qemuBin, kernel string, memMiB uint64, runs int) (o
 		qemu = append(qemu, d)
 	}
 	return ours, qemu, nil
+}
+
+// restoreRateFor snapshots the loop kernel at memMiB and measures restores
+// per second.
+func restoreRateFor(dir, vmmBin, kernel string, memMiB uint64, n, conc int) (float64, error) {
+	sub := filepath.Join(dir, fmt.Sprintf("rate-%d", memMiB))
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		return 0, err
+	}
+	snap, err := kindlingSnapshot(sub, vmmBin, kernel, memMiB)
+	if err != nil {
+		return 0, err
+	}
+	return restoreRate(sub, vmmBin, snap, n, conc)
 }
 
 func buildLoopKernel(dir string) (string, error) {
