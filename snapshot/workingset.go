@@ -13,9 +13,17 @@ import (
 // ASPLOS'21) instead of taking a fault for each.
 const WorkingSetFile = "workingset"
 
-// workingSetMagic opens the file; the layout is magic (8), run count (8),
+// DirtyFile, in a diff snapshot, lists the runs of the memory file that
+// hold changed pages; every other page comes from the base snapshot. (A
+// changed page may be all zeros, so holes cannot say which changed.)
+const DirtyFile = "dirty"
+
+// Run files open with a magic; the layout is magic (8), run count (8),
 // CRC-32C of the runs (4), padding (4), then (offset, length) byte pairs.
-const workingSetMagic = "KDLGWSET"
+const (
+	workingSetMagic = "KDLGWSET"
+	dirtyMagic      = "KDLGDIRT"
+)
 
 // Run is a range of the memory file, in bytes, page-aligned.
 type Run struct {
@@ -24,34 +32,59 @@ type Run struct {
 
 // WriteWorkingSet stores runs beside the snapshot in dir.
 func WriteWorkingSet(dir string, runs []Run) error {
+	return writeRuns(dir, WorkingSetFile, workingSetMagic, runs)
+}
+
+// ReadWorkingSet loads dir's working set and checks every run lies inside a
+// memory file of memSize bytes. A missing file is (nil, nil).
+func ReadWorkingSet(dir string, memSize uint64) ([]Run, error) {
+	return readRuns(dir, WorkingSetFile, workingSetMagic, memSize)
+}
+
+// WriteDirty stores a diff snapshot's changed runs.
+func WriteDirty(dir string, runs []Run) error {
+	return writeRuns(dir, DirtyFile, dirtyMagic, runs)
+}
+
+// ReadDirty loads a diff snapshot's changed runs; a diff snapshot without
+// the file is an error.
+func ReadDirty(dir string, memSize uint64) ([]Run, error) {
+	runs, err := readRuns(dir, DirtyFile, dirtyMagic, memSize)
+	if err == nil && runs == nil {
+		if _, serr := os.Stat(filepath.Join(dir, DirtyFile)); serr != nil {
+			return nil, fmt.Errorf("diff snapshot %s: %w: no %s file", dir, ErrTruncated, DirtyFile)
+		}
+	}
+	return runs, err
+}
+
+func writeRuns(dir, name, magic string, runs []Run) error {
 	body := make([]byte, 16*len(runs))
 	for i, r := range runs {
 		binary.LittleEndian.PutUint64(body[16*i:], r.Offset)
 		binary.LittleEndian.PutUint64(body[16*i+8:], r.Length)
 	}
 	h := make([]byte, 24)
-	copy(h, workingSetMagic)
+	copy(h, magic)
 	binary.LittleEndian.PutUint64(h[8:], uint64(len(runs)))
 	binary.LittleEndian.PutUint32(h[16:], crc32.Checksum(body, castagnoli))
-	f, err := os.CreateTemp(dir, WorkingSetFile+".tmp-")
+	f, err := os.CreateTemp(dir, name+".tmp-")
 	if err != nil {
-		return fmt.Errorf("write working set: %w", err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
 	defer os.Remove(f.Name())
 	if _, err := f.Write(append(h, body...)); err != nil {
 		f.Close()
-		return fmt.Errorf("write working set: %w", err)
+		return fmt.Errorf("write %s: %w", name, err)
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), filepath.Join(dir, WorkingSetFile))
+	return os.Rename(f.Name(), filepath.Join(dir, name))
 }
 
-// ReadWorkingSet loads dir's working set and checks every run lies inside a
-// memory file of memSize bytes. A missing file is (nil, nil).
-func ReadWorkingSet(dir string, memSize uint64) ([]Run, error) {
-	path := filepath.Join(dir, WorkingSetFile)
+func readRuns(dir, name, magic string, memSize uint64) ([]Run, error) {
+	path := filepath.Join(dir, name)
 	b, err := os.ReadFile(path)
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -59,7 +92,7 @@ func ReadWorkingSet(dir string, memSize uint64) ([]Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(b) < 24 || string(b[:8]) != workingSetMagic {
+	if len(b) < 24 || string(b[:8]) != magic {
 		return nil, fmt.Errorf("%s: %w (bad header)", path, ErrCorrupt)
 	}
 	n := binary.LittleEndian.Uint64(b[8:])

@@ -88,6 +88,9 @@ type Machine struct {
 	// msrsToSave is KVM's MSR index list, less MSRs a vCPU refused to
 	// read; snapshots save these.
 	msrsToSave []uint32
+	// lastSnapshot is the directory of the latest snapshot this VM wrote;
+	// dirty logging runs from then on, so a diff snapshot can build on it.
+	lastSnapshot string
 }
 
 type vcpuThread struct {

@@ -52,10 +52,13 @@ type DiskState struct {
 type MachineState struct {
 	// HostKind is the KVM flavour the snapshot was taken on (HostKind()).
 	HostKind string
-	Config   Config
-	VCPUs    []VCPUState
-	VM       VMState
-	Devices  DeviceState
+	// Base, for a diff snapshot, is the snapshot directory its unchanged
+	// pages come from (itself full or diff).
+	Base    string `json:",omitempty"`
+	Config  Config
+	VCPUs   []VCPUState
+	VM      VMState
+	Devices DeviceState
 }
 
 // savableMSRs is the host's MSR index list less the MSRs this vCPU's KVM

@@ -1,11 +1,14 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/kindlingvm/kindling/snapshot"
+	"github.com/kindlingvm/kindling/vmm/kvm"
 	"github.com/kindlingvm/kindling/vmm/memory"
 )
 
@@ -36,9 +39,184 @@ func (m *Machine) Snapshot(dir string) (SnapshotInfo, error) {
 	if err := snapshot.WriteState(dir, st); err != nil {
 		return SnapshotInfo{}, err
 	}
+	if err := m.startDirtyLog(dir); err != nil {
+		return SnapshotInfo{}, err
+	}
 	info := SnapshotInfo{Dir: dir, MemoryBytes: m.mem.Size(), WrittenBytes: written, Took: time.Since(start)}
 	m.log.Info("snapshot written", "dir", dir, "written_bytes", written, "took", info.Took)
 	return info, nil
+}
+
+// startDirtyLog makes dir the base of the next diff snapshot: KVM logs the
+// guest's writes to every slot from now on, and the memory accessor the
+// VMM's own.
+func (m *Machine) startDirtyLog(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if m.lastSnapshot == "" {
+		for i, r := range m.mem.Regions() {
+			if err := m.vm.SetUserMemoryRegion(uint32(i), kvm.MemLogDirtyPages, r.GPA, r.Size, m.mem.HostAddr(r)); err != nil {
+				return fmt.Errorf("enable dirty logging: %w", err)
+			}
+		}
+		m.mem.TrackHostWrites()
+	}
+	if _, err := m.takeDirty(); err != nil {
+		return err
+	}
+	m.lastSnapshot = abs
+	return nil
+}
+
+// takeDirty returns, and clears, the runs of memory (mapping order) the
+// guest or the VMM wrote since the last call.
+func (m *Machine) takeDirty() ([]snapshot.Run, error) {
+	bits := m.mem.TakeHostDirty()
+	for i, r := range m.mem.Regions() {
+		pages := r.Size / memory.PageSize
+		log := make([]uint64, (pages+63)/64)
+		if err := m.vm.GetDirtyLog(uint32(i), log); err != nil {
+			return nil, err
+		}
+		first := r.Offset / memory.PageSize
+		for p := uint64(0); p < pages; p++ {
+			if log[p/64]&(1<<(p%64)) != 0 {
+				q := first + p
+				bits[q/64] |= 1 << (q % 64)
+			}
+		}
+	}
+	var runs []snapshot.Run
+	for q := uint64(0); q < m.mem.Size()/memory.PageSize; q++ {
+		if bits[q/64]&(1<<(q%64)) == 0 {
+			continue
+		}
+		off := q * memory.PageSize
+		if k := len(runs) - 1; k >= 0 && runs[k].Offset+runs[k].Length == off {
+			runs[k].Length += memory.PageSize
+		} else {
+			runs = append(runs, snapshot.Run{Offset: off, Length: memory.PageSize})
+		}
+	}
+	return runs, nil
+}
+
+// ErrNoBase means a diff snapshot was asked for before any full one.
+var ErrNoBase = errors.New("no base snapshot: take a full snapshot of this VM first")
+
+// SnapshotDiff writes the paused VM to dir as a diff on top of the last
+// snapshot it wrote: the full state, but only the memory pages written
+// since (and their list). Restoring it needs the base directory too.
+func (m *Machine) SnapshotDiff(dir string) (SnapshotInfo, error) {
+	start := time.Now()
+	if m.lastSnapshot == "" {
+		return SnapshotInfo{}, ErrNoBase
+	}
+	st, err := m.CaptureState()
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	st.Base = m.lastSnapshot
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("snapshot: %w", err)
+	}
+	runs, err := m.takeDirty()
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	written, err := writeRuns(filepath.Join(dir, snapshot.MemoryFile), m.mem.Bytes(), runs)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	if err := snapshot.WriteDirty(dir, runs); err != nil {
+		return SnapshotInfo{}, err
+	}
+	if err := snapshot.WriteState(dir, st); err != nil {
+		return SnapshotInfo{}, err
+	}
+	if m.lastSnapshot, err = filepath.Abs(dir); err != nil {
+		return SnapshotInfo{}, err
+	}
+	info := SnapshotInfo{Dir: dir, MemoryBytes: m.mem.Size(), WrittenBytes: written, Took: time.Since(start)}
+	m.log.Info("diff snapshot written", "dir", dir, "base", st.Base, "written_bytes", written, "took", info.Took)
+	return info, nil
+}
+
+// writeRuns writes only runs of mem to a sparse file of mem's size.
+func writeRuns(path string, mem []byte, runs []snapshot.Run) (int64, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	if err := f.Truncate(int64(len(mem))); err != nil {
+		f.Close()
+		return 0, err
+	}
+	var n int64
+	for _, r := range runs {
+		w, err := f.WriteAt(mem[r.Offset:r.Offset+r.Length], int64(r.Offset))
+		n += int64(w)
+		if err != nil {
+			f.Close()
+			return n, err
+		}
+	}
+	return n, f.Close()
+}
+
+// maxDiffChain bounds how many diff snapshots a restore follows to their
+// full base, against a directory that names itself.
+const maxDiffChain = 64
+
+// openMemoryChain maps the full snapshot at the root of dir's chain
+// copy-on-write and lays every diff's changed pages over it, oldest first.
+func openMemoryChain(dir string, st *MachineState, size uint64, depth int) (*memory.Memory, error) {
+	if depth > maxDiffChain {
+		return nil, fmt.Errorf("restore %s: diff snapshots chain for more than %d levels", dir, maxDiffChain)
+	}
+	if st.Base == "" {
+		f, err := snapshot.OpenMemory(dir, size)
+		if err != nil {
+			return nil, err
+		}
+		mem, err := memory.MapFile(f, size, true)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		return mem, nil
+	}
+	var base MachineState
+	if err := snapshot.ReadState(st.Base, &base); err != nil {
+		return nil, fmt.Errorf("diff snapshot %s: base: %w", dir, err)
+	}
+	if base.Config.MemoryMiB != st.Config.MemoryMiB {
+		return nil, fmt.Errorf("diff snapshot %s: base %s has %d MiB of memory, the diff %d", dir, st.Base, base.Config.MemoryMiB, st.Config.MemoryMiB)
+	}
+	mem, err := openMemoryChain(st.Base, &base, size, depth+1)
+	if err != nil {
+		return nil, err
+	}
+	runs, err := snapshot.ReadDirty(dir, size)
+	if err != nil {
+		mem.Close()
+		return nil, err
+	}
+	f, err := snapshot.OpenMemory(dir, size)
+	if err != nil {
+		mem.Close()
+		return nil, err
+	}
+	defer f.Close()
+	for _, r := range runs {
+		if _, err := f.ReadAt(mem.Bytes()[r.Offset:r.Offset+r.Length], int64(r.Offset)); err != nil {
+			mem.Close()
+			return nil, fmt.Errorf("diff snapshot %s: %w", dir, err)
+		}
+	}
+	return mem, nil
 }
 
 // RestoreOverrides replace a snapshot's host-specific settings.
@@ -74,13 +252,8 @@ func Restore(dir string, ov RestoreOverrides, opt Options) (*Machine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", dir, err)
 	}
-	f, err := snapshot.OpenMemory(dir, cfg.MemoryMiB<<20)
+	mem, err := openMemoryChain(dir, &st, cfg.MemoryMiB<<20, 0)
 	if err != nil {
-		return nil, err
-	}
-	mem, err := memory.MapFile(f, cfg.MemoryMiB<<20, true)
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	if ov.Prefetch {

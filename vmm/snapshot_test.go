@@ -356,3 +356,68 @@ func TestWorkingSetPrefetch(t *testing.T) {
 	}
 	t.Logf("working set: %d pages of a 64 MiB guest", pages)
 }
+
+// A diff snapshot holds only the pages written since the last snapshot;
+// restored on top of its base it continues where the diff was cut, not
+// where the base was.
+func TestDiffSnapshot(t *testing.T) {
+	m, _ := bareVM(t, 64, 1)
+	loadGuest(t, m, tickGuest, 0x1000)
+	startLong64(t, m, 0, 0x1000)
+	ticks := func(vm *Machine) uint32 { n, _ := vm.Memory().ReadU32(0x2000); return n }
+	waitTicks := func(n uint32) {
+		deadline := time.Now().Add(30 * time.Second)
+		for ticks(m) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("stuck at %d ticks", ticks(m))
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.SnapshotDiff(filepath.Join(t.TempDir(), "x")); !errors.Is(err, ErrNoBase) {
+		t.Fatalf("diff without a base: %v", err)
+	}
+	m.Resume()
+	waitTicks(50)
+	m.Pause()
+	base := filepath.Join(t.TempDir(), "base")
+	full, err := m.Snapshot(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Resume()
+	waitTicks(150)
+	m.Pause()
+	at := ticks(m)
+	diff := filepath.Join(t.TempDir(), "diff")
+	d, err := m.SnapshotDiff(diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+	t.Logf("full snapshot wrote %d KiB, the diff %d KiB", full.WrittenBytes>>10, d.WrittenBytes>>10)
+	if d.WrittenBytes == 0 || d.WrittenBytes > 64<<10 {
+		t.Fatalf("diff wrote %d bytes: want the few pages the guest touched", d.WrittenBytes)
+	}
+	r, err := Restore(diff, RestoreOverrides{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got := ticks(r); got != at {
+		t.Fatalf("restored memory says %d ticks, the diff was cut at %d (the base had %d or so)", got, at, 50)
+	}
+	if exit := runToExit(t, r, 30*time.Second); exit.Kind != ExitGuestReset || ticks(r) != tickTarget {
+		t.Fatalf("restored diff: exit %v, %d ticks", exit, ticks(r))
+	}
+	os.RemoveAll(base)
+	if _, err := Restore(diff, RestoreOverrides{}, Options{}); err == nil || !strings.Contains(err.Error(), "base") {
+		t.Fatalf("a diff whose base is gone: %v", err)
+	}
+}

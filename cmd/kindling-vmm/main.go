@@ -30,7 +30,7 @@ crash or VMM error, 2 for bad flags or config.
 API (HTTP/1.1 + JSON; try curl --unix-socket PATH http://vmm/vm):
   GET /vm[?wait=stopped]   state and exit reason
   PUT /vm/start | /vm/pause | /vm/resume | /vm/stop
-  PUT /vm/snapshot    {"dir": "/path"}   (VM paused)
+  PUT /vm/snapshot    {"dir": "/path", "kind": "full"|"diff"}   (VM paused)
   PUT /vm/workingset  {"dir": "/path"}   (record the pages touched since the restore)
   GET /metrics
 `

@@ -19,7 +19,7 @@ import (
 
 const vmUsage = `usage: kindling vm run --kernel FILE [flags]
        kindling vm restore --from DIR [--prefetch] [--console C] [--timeout D]
-       kindling vm snapshot --api-sock PATH --dir DIR [--resume]
+       kindling vm snapshot --api-sock PATH --dir DIR [--diff] [--resume]
        kindling vm workingset --api-sock PATH --dir DIR
        kindling vm status|pause|resume|stop|metrics --api-sock PATH
 
@@ -179,6 +179,7 @@ func vmSnapshot(args []string) error {
 	sock := fs.String("api-sock", "", "the VM's control socket `path`")
 	dir := fs.String("dir", "", "snapshot `dir` to write (created if missing)")
 	resume := fs.Bool("resume", false, "resume the VM after the snapshot (default: leave it paused)")
+	diff := fs.Bool("diff", false, "write only the pages changed since this VM's last snapshot (restoring needs that one too)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -201,7 +202,11 @@ func vmSnapshot(args []string) error {
 			return err
 		}
 	}
-	info, err := c.Snapshot(ctx, abs)
+	take := c.Snapshot
+	if *diff {
+		take = c.SnapshotDiff
+	}
+	info, err := take(ctx, abs)
 	if err != nil {
 		return err
 	}

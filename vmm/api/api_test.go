@@ -61,6 +61,9 @@ func (f *fakeVM) Stop() {
 func (f *fakeVM) Done() <-chan struct{}                    { return f.done }
 func (f *fakeVM) Metrics() vmm.Metrics                     { return vmm.Metrics{VCPUs: 3} }
 func (f *fakeVM) RecordWorkingSet(dir string) (int, error) { return 7, nil }
+func (f *fakeVM) SnapshotDiff(dir string) (vmm.SnapshotInfo, error) {
+	return vmm.SnapshotInfo{}, vmm.ErrNoBase
+}
 func (f *fakeVM) Snapshot(dir string) (vmm.SnapshotInfo, error) {
 	if f.Status().State != vmm.StatePaused {
 		return vmm.SnapshotInfo{}, vmm.ErrNotRunning
@@ -180,7 +183,8 @@ func TestRawHTTP(t *testing.T) {
 		{"GET /vm HTTP/1.1\r\n" + strings.Repeat("X: y\r\n", 100) + "\r\n", "431 Request Header Fields Too Large", "too large"},
 		{"GET /vm HTTP/1.0\r\n\r\n", "200 OK", `"state"`},
 		{putJSON("/vm/snapshot", `{"dir":"/x","k":1}`), "400 Bad Request", "unknown field"},
-		{putJSON("/vm/snapshot", `{"dir":"/x","kind":"diff"}`), "400 Bad Request", `only \"full\"`},
+		{putJSON("/vm/snapshot", `{"dir":"/x","kind":"delta"}`), "400 Bad Request", `want \"full\" or \"diff\"`},
+		{putJSON("/vm/snapshot", `{"dir":"/x","kind":"diff"}`), "409 Conflict", "take a full snapshot"},
 		{putJSON("/vm/snapshot", `{}`), "400 Bad Request", `\"dir\" is required`},
 		{putJSON("/vm/workingset", `{"dir":"/s"}`), "200 OK", `{"pages":7}`},
 		{putJSON("/vm/workingset", `{}`), "400 Bad Request", "working set request"},

@@ -31,6 +31,7 @@ type Controller interface {
 	Done() <-chan struct{}
 	Metrics() vmm.Metrics
 	Snapshot(dir string) (vmm.SnapshotInfo, error)
+	SnapshotDiff(dir string) (vmm.SnapshotInfo, error)
 	RecordWorkingSet(dir string) (int, error)
 }
 
@@ -42,7 +43,7 @@ type WorkingSetResponse struct {
 // SnapshotRequest is the body of PUT /vm/snapshot.
 type SnapshotRequest struct {
 	Dir  string `json:"dir"`
-	Kind string `json:"kind,omitempty"` // "full" (the default)
+	Kind string `json:"kind,omitempty"` // "full" (the default) or "diff"
 }
 
 // Error is the body of every non-2xx response.
@@ -130,15 +131,18 @@ func snapshot(ctl Controller, log *slog.Logger, body []byte) response {
 	if req.Dir == "" {
 		return jsonError(400, "snapshot request: \"dir\" is required")
 	}
+	take := ctl.Snapshot
 	switch req.Kind {
 	case "", "full":
+	case "diff":
+		take = ctl.SnapshotDiff
 	default:
-		return jsonError(400, fmt.Sprintf("snapshot kind %q: only \"full\" snapshots exist so far", req.Kind))
+		return jsonError(400, fmt.Sprintf("snapshot kind %q: want \"full\" or \"diff\"", req.Kind))
 	}
-	info, err := ctl.Snapshot(req.Dir)
+	info, err := take(req.Dir)
 	if err != nil {
 		code := 500
-		if errors.Is(err, vmm.ErrNotRunning) {
+		if errors.Is(err, vmm.ErrNotRunning) || errors.Is(err, vmm.ErrNoBase) {
 			code = 409
 		}
 		log.Warn("snapshot failed", "dir", req.Dir, "err", err)

@@ -50,6 +50,11 @@ type Memory struct {
 	regions []Region
 	file    *os.File // memfd or snapshot file; nil for anonymous memory
 	fence   atomic.Uint32
+	// hostDirty, when tracking is on, has a bit per page (mapping order)
+	// the VMM may have written: KVM's dirty log sees only the guest's own
+	// writes, not a device's.
+	hostDirty []atomic.Uint64
+	tracking  atomic.Bool
 }
 
 // Options selects the backing of new guest memory.
@@ -192,13 +197,50 @@ func (m *Memory) offset(gpa, n uint64) (uint64, error) {
 	return 0, fmt.Errorf("%w: %#x+%#x", ErrOutOfRange, gpa, n)
 }
 
-// Slice returns the n bytes at gpa, aliasing guest memory.
+// Slice returns the n bytes at gpa, aliasing guest memory. The caller may
+// write them, so with dirty tracking on they count as written.
 func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
 	off, err := m.offset(gpa, n)
 	if err != nil {
 		return nil, err
 	}
+	if m.tracking.Load() && n > 0 {
+		for p := off / PageSize; p <= (off+n-1)/PageSize; p++ {
+			m.hostDirty[p/64].Or(1 << (p % 64))
+		}
+	}
 	return m.mem[off : off+n : off+n], nil
+}
+
+// view is Slice for reads: it never marks pages dirty.
+func (m *Memory) view(gpa, n uint64) ([]byte, error) {
+	off, err := m.offset(gpa, n)
+	if err != nil {
+		return nil, err
+	}
+	return m.mem[off : off+n : off+n], nil
+}
+
+// TrackHostWrites starts (or restarts) recording the pages the VMM writes
+// through Slice and the Write methods, for diff snapshots.
+func (m *Memory) TrackHostWrites() {
+	if m.hostDirty == nil {
+		m.hostDirty = make([]atomic.Uint64, (uint64(len(m.mem))/PageSize+63)/64)
+	}
+	for i := range m.hostDirty {
+		m.hostDirty[i].Store(0)
+	}
+	m.tracking.Store(true)
+}
+
+// TakeHostDirty returns the bitmap of pages written since tracking began
+// or the last call (a bit per page in mapping order), and clears it.
+func (m *Memory) TakeHostDirty() []uint64 {
+	out := make([]uint64, len(m.hostDirty))
+	for i := range m.hostDirty {
+		out[i] = m.hostDirty[i].Swap(0)
+	}
+	return out
 }
 
 // Check reports whether [gpa, gpa+n) is guest RAM.
@@ -209,7 +251,7 @@ func (m *Memory) Check(gpa, n uint64) error {
 
 // ReadAt copies len(p) bytes at gpa into p.
 func (m *Memory) ReadAt(p []byte, gpa uint64) error {
-	s, err := m.Slice(gpa, uint64(len(p)))
+	s, err := m.view(gpa, uint64(len(p)))
 	if err != nil {
 		return err
 	}
@@ -236,7 +278,7 @@ func (m *Memory) Fence() { m.fence.Add(1) }
 // ReadU16 reads a little-endian uint16; an aligned one in a single access,
 // as the virtio spec needs for ring indices the guest updates concurrently.
 func (m *Memory) ReadU16(gpa uint64) (uint16, error) {
-	s, err := m.Slice(gpa, 2)
+	s, err := m.view(gpa, 2)
 	if err != nil {
 		return 0, err
 	}
@@ -262,7 +304,7 @@ func (m *Memory) WriteU16(gpa uint64, v uint16) error {
 
 // ReadU32 reads a little-endian uint32.
 func (m *Memory) ReadU32(gpa uint64) (uint32, error) {
-	s, err := m.Slice(gpa, 4)
+	s, err := m.view(gpa, 4)
 	if err != nil {
 		return 0, err
 	}
@@ -281,7 +323,7 @@ func (m *Memory) WriteU32(gpa uint64, v uint32) error {
 
 // ReadU64 reads a little-endian uint64.
 func (m *Memory) ReadU64(gpa uint64) (uint64, error) {
-	s, err := m.Slice(gpa, 8)
+	s, err := m.view(gpa, 8)
 	if err != nil {
 		return 0, err
 	}

@@ -143,8 +143,17 @@ func (c *Client) Stop(ctx context.Context) (vmm.Status, error) {
 // Snapshot writes a full snapshot of the paused VM to dir (a path the VMM
 // process can write).
 func (c *Client) Snapshot(ctx context.Context, dir string) (vmm.SnapshotInfo, error) {
+	return c.snapshot(ctx, dir, "full")
+}
+
+// SnapshotDiff writes only what changed since the VM's last snapshot.
+func (c *Client) SnapshotDiff(ctx context.Context, dir string) (vmm.SnapshotInfo, error) {
+	return c.snapshot(ctx, dir, "diff")
+}
+
+func (c *Client) snapshot(ctx context.Context, dir, kind string) (vmm.SnapshotInfo, error) {
 	var info vmm.SnapshotInfo
-	err := c.doBody(ctx, http.MethodPut, api.PathSnapshot, api.SnapshotRequest{Dir: dir, Kind: "full"}, &info)
+	err := c.doBody(ctx, http.MethodPut, api.PathSnapshot, api.SnapshotRequest{Dir: dir, Kind: kind}, &info)
 	return info, err
 }
 
