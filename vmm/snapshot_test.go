@@ -421,3 +421,45 @@ func TestDiffSnapshot(t *testing.T) {
 		t.Fatalf("a diff whose base is gone: %v", err)
 	}
 }
+
+// Host-specific resources can move between snapshot and restore: here the
+// disk is restored from a copy at another path.
+func TestRestoreWithMovedDisk(t *testing.T) {
+	requireKVM(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Config{MemoryMiB: 8, VCPUs: 1, Disks: []Disk{{Path: disk}}}, Options{Console: &syncBuffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	startXorshift(t, m, 1)
+	m.Start()
+	m.Pause()
+	snap := filepath.Join(dir, "snap")
+	if _, err := m.Snapshot(snap); err != nil {
+		t.Fatal(err)
+	}
+	m.Stop()
+	moved := filepath.Join(dir, "moved.img")
+	data, _ := os.ReadFile(disk)
+	os.WriteFile(moved, data, 0o644)
+	os.Remove(disk)
+	if _, err := Restore(snap, RestoreOverrides{}, Options{}); err == nil || !strings.Contains(err.Error(), "disk.img") {
+		t.Fatalf("restore with the disk gone: %v", err)
+	}
+	r, err := Restore(snap, RestoreOverrides{Disks: []Disk{{Path: moved}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got := r.Config().Disks[0].Path; got != moved {
+		t.Fatalf("restored VM uses %s", got)
+	}
+	if exit := runToExit(t, r, 60*time.Second); exit.Kind != ExitGuestReset {
+		t.Fatalf("restored VM: %v", exit)
+	}
+}

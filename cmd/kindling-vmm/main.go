@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 )
 
 const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id NAME]
-       kindling-vmm --restore DIR --api-sock PATH [--console C] [--start]
+       kindling-vmm --restore DIR --api-sock PATH [--console C] [--disk F]... [--prefetch] [--start]
 
 Runs one microVM. The VM is created from the JSON config (kernel, initrd,
 cmdline, memory_mib, vcpus, disks, console), or restored from a snapshot
@@ -42,6 +43,8 @@ func main() {
 	restore := fs.String("restore", "", "restore the snapshot in `dir` instead of booting from a config")
 	console := fs.String("console", "", "with --restore: where the console goes (stdout, none or a file), overriding the snapshot's")
 	prefetch := fs.Bool("prefetch", false, "with --restore: populate the snapshot's recorded working set before the VM runs")
+	var disks diskList
+	fs.Var(&disks, "disk", "with --restore: host `path` of the snapshot's next disk (repeat once per disk, in order; FILE:ro for read-only)")
 	sock := fs.String("api-sock", "", "control socket `path`")
 	start := fs.Bool("start", false, "boot at once instead of waiting for PUT /vm/start")
 	id := fs.String("id", "", "VM `name` used in logs")
@@ -61,7 +64,7 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	create := func() (*vmm.Machine, error) {
 		if *restore != "" {
-			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console, Prefetch: *prefetch}, vmm.Options{Logger: log, ID: *id})
+			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console, Prefetch: *prefetch, Disks: disks}, vmm.Options{Logger: log, ID: *id})
 		}
 		cfg, err := vmm.LoadConfig(*cfgPath)
 		if err != nil {
@@ -70,6 +73,17 @@ func main() {
 		return vmm.New(*cfg, vmm.Options{Logger: log, ID: *id})
 	}
 	os.Exit(run(create, *sock, *start, *linger, log))
+}
+
+// diskList collects repeated --disk PATH[:ro] overrides.
+type diskList []vmm.Disk
+
+func (d *diskList) String() string { return "" }
+
+func (d *diskList) Set(v string) error {
+	path, ro := strings.CutSuffix(v, ":ro")
+	*d = append(*d, vmm.Disk{Path: path, ReadOnly: ro})
+	return nil
 }
 
 func run(create func() (*vmm.Machine, error), sock string, start bool, linger time.Duration, log *slog.Logger) int {

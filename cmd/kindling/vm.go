@@ -18,7 +18,7 @@ import (
 )
 
 const vmUsage = `usage: kindling vm run --kernel FILE [flags]
-       kindling vm restore --from DIR [--prefetch] [--console C] [--timeout D]
+       kindling vm restore --from DIR [--prefetch] [--disk F[:ro]]... [--console C] [--timeout D]
        kindling vm snapshot --api-sock PATH --dir DIR [--diff] [--resume]
        kindling vm workingset --api-sock PATH --dir DIR
        kindling vm status|pause|resume|stop|metrics --api-sock PATH
@@ -164,6 +164,8 @@ func vmRestore(args []string) error {
 	fs := flag.NewFlagSet("kindling vm restore", flag.ContinueOnError)
 	from := fs.String("from", "", "snapshot `dir` written by 'kindling vm snapshot'")
 	prefetch := fs.Bool("prefetch", false, "map the snapshot's recorded working set in before the guest runs")
+	var disks diskFlags
+	fs.Var(&disks, "disk", "host `FILE` for the snapshot's next disk, overriding its path (repeat per disk, in order)")
 	rf := addRunFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -171,7 +173,7 @@ func vmRestore(args []string) error {
 	if *from == "" {
 		return badInput(fmt.Errorf("vm restore: --from is required"))
 	}
-	return launchAndWait(vmm.Config{Console: *rf.console}, launch.Options{ID: *rf.id, Stdout: os.Stdout, Restore: *from, Prefetch: *prefetch}, *rf.verbose, *rf.timeout)
+	return launchAndWait(vmm.Config{Console: *rf.console, Disks: disks}, launch.Options{ID: *rf.id, Stdout: os.Stdout, Restore: *from, Prefetch: *prefetch}, *rf.verbose, *rf.timeout)
 }
 
 func vmSnapshot(args []string) error {

@@ -48,7 +48,8 @@ type Options struct {
 	Stderr io.Writer // the VMM's logs and errors
 	Start  bool      // pass --start: boot without an API call
 	// Restore, when set, restores this snapshot directory instead of
-	// booting the config; the config's Console is passed as an override.
+	// booting the config; the config's Console and Disks are passed as
+	// overrides of the snapshot's host-specific settings.
 	Restore string
 	// Prefetch, with Restore, populates the snapshot's working set first.
 	Prefetch bool
@@ -102,6 +103,13 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		}
 		if opt.Prefetch {
 			args = append(args, "--prefetch")
+		}
+		for _, d := range cfg.Disks {
+			p := d.Path
+			if d.ReadOnly {
+				p += ":ro"
+			}
+			args = append(args, "--disk", p)
 		}
 	}
 	if opt.ID != "" {

@@ -400,8 +400,16 @@ func (b *Block) Restore(st State) error {
 		return fmt.Errorf("restore virtio-blk: snapshot disk has %d sectors, %s has %d", st.Capacity, b.file.Name(), b.capacity)
 	case st.ReadOnly != b.readOnly:
 		return fmt.Errorf("restore virtio-blk: snapshot disk read-only %v, %s read-only %v", st.ReadOnly, b.file.Name(), b.readOnly)
-	case st.ID != string(b.id[:b.idLen]):
-		return fmt.Errorf("restore virtio-blk: snapshot disk ID %q, %s has %q", st.ID, b.file.Name(), b.id[:b.idLen])
+	case len(st.ID) > IDBytes:
+		return fmt.Errorf("restore virtio-blk: snapshot disk ID %q longer than %d bytes", st.ID, IDBytes)
+	}
+	// The guest has read the serial already: it stays the snapshot's, even
+	// when the disk was moved to another file (a restore-time override).
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.idLen = copy(b.id[:], st.ID)
+	for i := b.idLen; i < IDBytes; i++ {
+		b.id[i] = 0
 	}
 	return nil
 }

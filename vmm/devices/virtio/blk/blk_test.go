@@ -462,13 +462,23 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 
 	for name, st := range map[string]blk.State{
-		"capacity":  {Capacity: sectors + 1, ID: "snap"},
-		"read-only": {Capacity: sectors, ReadOnly: true, ID: "snap"},
-		"ID":        {Capacity: sectors, ID: "other"},
+		"capacity":    {Capacity: sectors + 1, ID: "snap"},
+		"read-only":   {Capacity: sectors, ReadOnly: true, ID: "snap"},
+		"too-long ID": {Capacity: sectors, ID: strings.Repeat("x", blk.IDBytes+1)},
 	} {
 		if err := b2.Restore(st); err == nil {
 			t.Errorf("Restore with a different %s succeeded", name)
 		}
+	}
+	// A disk moved to another file (a restore-time override) keeps the
+	// serial the guest already read.
+	moved, err := blk.Open(d.path, blk.Options{ID: "moved"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer moved.Close()
+	if err := moved.Restore(snap.Block); err != nil || moved.Save().ID != "snap" {
+		t.Errorf("restore onto a moved disk: %v, ID %q, want the snapshot's %q", err, moved.Save().ID, "snap")
 	}
 	// A read-only disk cannot stand in for the read-write one the guest saw.
 	ro, err := blk.Open(d.path, blk.Options{ID: "snap", ReadOnly: true})
