@@ -127,16 +127,16 @@ func run(runs int, memMiB uint64, vmmBin, qemuBin string, restoreRuns int) error
 	if err != nil {
 		return err
 	}
-	fmt.Printf("\nRestore from a new process to the restored guest's first instruction (first console byte), %d runs each\n\n", restoreRuns)
+	fmt.Printf("\nRestore from a new process to the restored guest's first instruction (first console byte), median of %d runs each\n\n", restoreRuns)
 	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "guest\tkindling-vmm --restore (median)\tqemu -incoming (median)\tratio (ours/qemu)\t")
+	fmt.Fprintln(tw, "guest\tkindling-vmm --restore\twith --prefetch\tqemu -incoming\tratio (ours/qemu)\tratio (prefetch/qemu)\t")
 	for _, size := range []uint64{128, 512, 2048} {
-		ours, q, err := restoreRow(dir, vmmBin, qemuBin, loop, size, restoreRuns)
+		ours, pre, q, err := restoreRow(dir, vmmBin, qemuBin, loop, size, restoreRuns)
 		if err != nil {
 			return fmt.Errorf("restore %d MiB: %w", size, err)
 		}
-		a, b := medianDur(ours), medianDur(q)
-		fmt.Fprintf(tw, "%d MiB\t%.2f ms\t%.2f ms\t%.3f\t\n", size, ms(a), ms(b), ms(a)/ms(b))
+		a, p, b := medianDur(ours), medianDur(pre), medianDur(q)
+		fmt.Fprintf(tw, "%d MiB\t%.2f ms\t%.2f ms\t%.2f ms\t%.3f\t%.3f\t\n", size, ms(a), ms(p), ms(b), ms(a)/ms(b), ms(p)/ms(b))
 	}
 	tw.Flush()
 	fmt.Println("\ntargets (issue 3): ours <= 0.2x QEMU -incoming; < 3 ms for 512 MiB (Firecracker ~8 ms)")

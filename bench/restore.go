@@ -88,6 +88,20 @@ func kindlingSnapshot(dir, vmmBin, kernel string, memMiB uint64) (string, error)
 	return snap, nil
 }
 
+// recordWorkingSet restores snap once, lets the guest run briefly and
+// records the pages it touched beside the snapshot, through the API.
+func recordWorkingSet(dir, vmmBin, snap string) error {
+	ctx := context.Background()
+	p, err := launch.Start(ctx, vmm.Config{Console: "none"}, launch.Options{Binary: vmmBin, Dir: dir, Restore: snap, Start: true})
+	if err != nil {
+		return err
+	}
+	defer p.Kill()
+	time.Sleep(50 * time.Millisecond)
+	_, err = p.Client.RecordWorkingSet(ctx, snap)
+	return err
+}
+
 // qemuMigrationFile boots the loop kernel in QEMU microvm and migrates it
 // to a file through the human monitor.
 func qemuMigrationFile(dir, qemuBin, kernel string, memMiB uint64) (string, error) {
@@ -159,33 +173,44 @@ func restoreRate(dir, vmmBin, snap string, n, conc int) (float64, error) {
 }
 
 // restoreRow measures restores of one guest size for both VMMs.
-func restoreRow(dir, vmmBin, qemuBin, kernel string, memMiB uint64, runs int) (ours, qemu []time.Duration, err error) {
+func restoreRow(dir, vmmBin, qemuBin, kernel string, memMiB uint64, runs int) (ours, prefetched, qemu []time.Duration, err error) {
 	sub := filepath.Join(dir, fmt.Sprintf("restore-%d", memMiB))
 	if err := os.MkdirAll(sub, 0o755); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	snap, err := kindlingSnapshot(sub, vmmBin, kernel, memMiB)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kindling snapshot: %w", err)
+		return nil, nil, nil, fmt.Errorf("kindling snapshot: %w", err)
+	}
+	if err := recordWorkingSet(sub, vmmBin, snap); err != nil {
+		return nil, nil, nil, fmt.Errorf("record working set: %w", err)
 	}
 	mig, err := qemuMigrationFile(sub, qemuBin, kernel, memMiB)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	restore := func(i int, extra ...string) (time.Duration, error) {
+		sock := filepath.Join(sub, fmt.Sprintf("r%d.sock", i))
+		args := append([]string{"--restore", snap, "--api-sock", sock, "--start", "--console", "stdout"}, extra...)
+		return firstByte(exec.Command(vmmBin, args...), 'R')
 	}
 	for i := 0; i < runs; i++ {
-		sock := filepath.Join(sub, fmt.Sprintf("r%d.sock", i))
-		d, err := firstByte(exec.Command(vmmBin, "--restore", snap, "--api-sock", sock, "--start", "--console", "stdout"), 'R')
+		d, err := restore(i)
 		if err != nil {
-			return nil, nil, fmt.Errorf("kindling restore: %w", err)
+			return nil, nil, nil, fmt.Errorf("kindling restore: %w", err)
 		}
 		ours = append(ours, d)
+		if d, err = restore(i, "--prefetch"); err != nil {
+			return nil, nil, nil, fmt.Errorf("kindling restore --prefetch: %w", err)
+		}
+		prefetched = append(prefetched, d)
 		d, err = firstByte(exec.Command(qemuBin, qemuArgs(kernel, memMiB, "-incoming", "exec:cat "+mig)...), 'R')
 		if err != nil {
-			return nil, nil, fmt.Errorf("qemu -incoming: %w", err)
+			return nil, nil, nil, fmt.Errorf("qemu -incoming: %w", err)
 		}
 		qemu = append(qemu, d)
 	}
-	return ours, qemu, nil
+	return ours, prefetched, qemu, nil
 }
 
 // restoreRateFor snapshots the loop kernel at memMiB and measures restores
