@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -217,47 +216,20 @@ func flip(b []byte, i int) []byte {
 	return c
 }
 
-// tickGuest arms the LAPIC timer in periodic mode (vector 0x30, 1 ms at
-// KVM's 1 GHz APIC clock), counts ticks at 0x2000 in the handler and
-// resets the machine after tickTarget of them. It runs at CPL 0: short
-// handler paths are fine even where kernel mode is emulated.
-const tickTarget = 300
+const tickTarget = testguest.TickTarget
 
-var tickGuest = `.code64
-	lidt idtr(%rip)
-	mov $0xff, %al
-	out %al, $0x21               # mask the 8259s
-	out %al, $0xa1
-	mov $0xfee00000, %rbx
-	movl $0x1ff, 0xf0(%rbx)      # LAPIC on
-	movl $0xb, 0x3e0(%rbx)       # divide by 1
-	movl $0x20030, 0x320(%rbx)   # LVT timer: periodic, vector 0x30
-	movl $1000000, 0x380(%rbx)   # initial count: 1 ms
-	sti
-1:	hlt
-	cmpl $` + strconv.Itoa(tickTarget) + `, 0x2000
-	jb 1b
-` + resetSeq + `
-handler:
-	incl 0x2000
-	movl $0, 0xb0(%rbx)          # EOI
-	iretq
-.align 16
-idt:
-	.fill 0x30*2, 8, 0
-	.word handler, 0x10, 0x8e00, 0
-	.long 0, 0
-idtr:
-	.word 0x31*16-1
-	.quad idt
-`
+func startTicks(t testing.TB, m *Machine) {
+	t.Helper()
+	if err := testguest.StartTicks(m.VCPU(0), m.Memory()); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // A VM snapshotted while its LAPIC timer is armed (and often with a tick
 // pending) keeps taking ticks after a restore and reaches its count.
 func TestSnapshotWithArmedTimer(t *testing.T) {
 	m, _ := bareVM(t, 8, 1)
-	loadGuest(t, m, tickGuest, 0x1000)
-	startLong64(t, m, 0, 0x1000)
+	startTicks(t, m)
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -362,8 +334,7 @@ func TestWorkingSetPrefetch(t *testing.T) {
 // where the base was.
 func TestDiffSnapshot(t *testing.T) {
 	m, _ := bareVM(t, 64, 1)
-	loadGuest(t, m, tickGuest, 0x1000)
-	startLong64(t, m, 0, 0x1000)
+	startTicks(t, m)
 	ticks := func(vm *Machine) uint32 { n, _ := vm.Memory().ReadU32(0x2000); return n }
 	waitTicks := func(n uint32) {
 		deadline := time.Now().Add(30 * time.Second)

@@ -235,3 +235,49 @@ func TestSnapshotRestoresInANewProcess(t *testing.T) {
 		t.Fatalf("restore of a missing snapshot: exit %d, %q", code, stderr)
 	}
 }
+
+// The LAPIC timer armed at the snapshot (often with a tick pending) keeps
+// firing in the restored process: the guest counts on to its target and
+// prints. A lost timer would leave it halted until --timeout.
+func TestSnapshotWithTimerRestoresInANewProcess(t *testing.T) {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("skipping: no /dev/kvm (%v)", err)
+	}
+	m, err := vmm.New(vmm.Config{MemoryMiB: 8, VCPUs: 1}, vmm.Options{Console: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := testguest.StartTicks(m.VCPU(0), m.Memory()); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	l, err := api.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go api.Serve(m, l, slog.New(slog.NewTextHandler(io.Discard, nil)), api.DefaultLinger)
+	m.Start()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		if n, _ := m.Memory().ReadU32(testguest.TickAddr); n >= testguest.TickTarget/3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the guest is not ticking")
+		}
+	}
+	snap := filepath.Join(dir, "snap")
+	if _, stderr, code := kindling(t, "vm", "snapshot", "--api-sock", sock, "--dir", snap); code != 0 {
+		t.Fatalf("vm snapshot: exit %d: %s", code, stderr)
+	}
+	at, _ := m.Memory().ReadU32(testguest.TickAddr)
+	m.Stop()
+	if at >= testguest.TickTarget {
+		t.Skip("the guest finished before the snapshot")
+	}
+	stdout, stderr, code := kindling(t, "vm", "restore", "--from", snap, "--timeout", "30s")
+	if code != 0 || stdout != "ticked\n" || !strings.Contains(stderr, "guest-reset") {
+		t.Fatalf("restore at tick %d: exit %d, stdout %q, stderr %q", at, code, stdout, stderr)
+	}
+}

@@ -4,6 +4,8 @@
 package testguest
 
 import (
+	"strconv"
+
 	"github.com/kindlingvm/kindling/internal/asm"
 	"github.com/kindlingvm/kindling/vmm/boot"
 	"github.com/kindlingvm/kindling/vmm/kvm"
@@ -106,4 +108,78 @@ func StartUser64(c *kvm.VCPU, mem *memory.Memory, id, n int, rounds uint64) erro
 		return c.SetMPState(kvm.MPState{State: 0})
 	}
 	return nil
+}
+
+// TickTarget is how many LAPIC timer ticks the tick guest counts.
+const TickTarget = 300
+
+// TickAddr is where the tick guest counts.
+const TickAddr = 0x2000
+
+// ticks arms the LAPIC timer in periodic mode (vector 0x30, 1 ms at KVM's
+// 1 GHz APIC clock), counts ticks at TickAddr in the handler, and after
+// TickTarget of them prints "ticked\n" on COM1 and resets. It runs at
+// CPL 0 (short handler paths are fine where kernel mode is emulated) and
+// returns from the interrupt with iretq, which PVM's emulator handles.
+var ticks = `.code64
+	lidt idtr(%rip)
+	mov $0xff, %al
+	out %al, $0x21               # mask the 8259s
+	out %al, $0xa1
+	mov $0xfee00000, %rbx
+	movl $0x1ff, 0xf0(%rbx)      # LAPIC on
+	movl $0xb, 0x3e0(%rbx)       # divide by 1
+	movl $0x20030, 0x320(%rbx)   # LVT timer: periodic, vector 0x30
+	movl $1000000, 0x380(%rbx)   # initial count: 1 ms
+	sti
+1:	hlt
+	cmpl $` + strconv.Itoa(TickTarget) + `, 0x2000
+	jb 1b
+	cli
+	lea msg(%rip), %rsi
+	mov $0x3f8, %dx
+2:	lodsb
+	test %al, %al
+	jz 3f
+	out %al, %dx
+	jmp 2b
+3:	mov $0xfe, %al
+	out %al, $0x64
+4:	hlt
+	jmp 4b
+handler:
+	incl 0x2000
+	movl $0, 0xb0(%rbx)          # EOI
+	iretq
+msg:	.asciz "ticked\n"
+.align 16
+idt:
+	.fill 0x30*2, 8, 0
+	.word handler, 0x10, 0x8e00, 0
+	.long 0, 0
+idtr:
+	.word 0x31*16-1
+	.quad idt
+`
+
+// StartTicks loads the tick guest and points vCPU c at it, at CPL 0.
+func StartTicks(c *kvm.VCPU, mem *memory.Memory) error {
+	code, err := asm.Assemble(ticks, Origin)
+	if err != nil {
+		return err
+	}
+	if err := mem.WriteAt(code, Origin); err != nil {
+		return err
+	}
+	s, err := c.GetSregs()
+	if err != nil {
+		return err
+	}
+	if err := boot.SetupLongMode(mem, &s, false); err != nil {
+		return err
+	}
+	if err := c.SetSregs(s); err != nil {
+		return err
+	}
+	return c.SetRegs(kvm.Regs{RIP: Origin, RFLAGS: 2, RSP: 0x8000})
 }
