@@ -183,22 +183,24 @@ func TestMissingSourceSaysHowToInstall(t *testing.T) {
 	}
 }
 
-// The embedded patch must apply to the kernel source we build.
-func TestInt3PatchAppliesToInstalledSource(t *testing.T) {
+// The embedded patches must apply to the kernel source we build.
+func TestPatchesApplyToInstalledSource(t *testing.T) {
 	src, err := FindSource()
 	if err != nil {
 		t.Skipf("skipping: %v", err)
 	}
 	dir := t.TempDir()
-	cmd := exec.Command("tar", "-xJf", src, "-C", dir, "--wildcards", "*/arch/x86/kernel/alternative.c")
+	cmd := exec.Command("tar", "-xJf", src, "-C", dir, "--wildcards", "*/arch/x86/kernel/alternative.c", "*/arch/x86/kernel/fpu/core.c")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("extract: %v %s", err, out)
 	}
 	tree, _ := filepath.Glob(filepath.Join(dir, "*"))
-	p := exec.Command("patch", "-p1", "--dry-run", "--batch")
-	p.Dir = tree[0]
-	p.Stdin = strings.NewReader(string(skipInt3Selftest))
-	if out, err := p.CombinedOutput(); err != nil {
-		t.Fatalf("patch does not apply to %s: %v\n%s", src, err, out)
+	for _, patch := range TestKernelSpec(true).Patches {
+		p := exec.Command("patch", "-p1", "--dry-run", "--batch")
+		p.Dir = tree[0]
+		p.Stdin = strings.NewReader(string(patch.Data))
+		if out, err := p.CombinedOutput(); err != nil {
+			t.Fatalf("%s does not apply to %s: %v\n%s", patch.Name, src, err, out)
+		}
 	}
 }

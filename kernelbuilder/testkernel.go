@@ -10,6 +10,12 @@ import (
 //go:embed patches/skip-int3-selftest.patch
 var skipInt3Selftest []byte
 
+// skipFPUDropFwait removes the one fwait a booting kernel can reach when a
+// task exits with live FPU registers; KVM's emulator lacks fwait too.
+//
+//go:embed patches/skip-fpu-drop-fwait.patch
+var skipFPUDropFwait []byte
+
 // TestKernelOptions are the VM essentials on top of tinyconfig: PVH entry,
 // paravirt KVM guest, serial console, initramfs, virtio-mmio with block,
 // console and vsock, SMP with x2APIC, and the few syscall families a
@@ -31,11 +37,15 @@ var TestKernelOptions = []Option{
 }
 
 // TestKernelSpec is the kernel the VMM's Linux test boots. On hosts that
-// emulate guest kernel mode it carries the int3 self-test patch.
+// emulate guest kernel mode it carries patches that keep the kernel off
+// instructions KVM's emulator lacks (int3 in a self-test, fwait on exit).
 func TestKernelSpec(emulatedCPL0 bool) Spec {
 	s := Spec{Options: TestKernelOptions, Targets: []string{"vmlinux", "bzImage"}}
 	if emulatedCPL0 {
-		s.Patches = []Patch{{Name: "skip-int3-selftest.patch", Data: skipInt3Selftest}}
+		s.Patches = []Patch{
+			{Name: "skip-int3-selftest.patch", Data: skipInt3Selftest},
+			{Name: "skip-fpu-drop-fwait.patch", Data: skipFPUDropFwait},
+		}
 	}
 	return s
 }
