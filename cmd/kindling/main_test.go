@@ -162,6 +162,38 @@ func TestHelpExplainsItself(t *testing.T) {
 	}
 }
 
+// xorshiftVM is an in-process VM running the CPL 3 xorshift guest on n
+// vCPUs, not yet started.
+func xorshiftVM(t *testing.T, console io.Writer, n int) *vmm.Machine {
+	t.Helper()
+	m, err := vmm.New(vmm.Config{MemoryMiB: 8, VCPUs: n}, vmm.Options{Console: console})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := testguest.LoadXorshift(m.Memory()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if err := testguest.StartUser64(m.VCPU(i), m.Memory(), i, n, testguest.Rounds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m
+}
+
+// serveAPI serves m's control API on a socket in dir, as kindling-vmm does.
+func serveAPI(t *testing.T, m *vmm.Machine, dir string) string {
+	t.Helper()
+	sock := filepath.Join(dir, "api.sock")
+	l, err := api.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go api.Serve(m, l, slog.New(slog.NewTextHandler(io.Discard, nil)), api.DefaultLinger)
+	return sock
+}
+
 // A snapshot taken mid-computation restores in a new kindling-vmm process
 // (kindling vm restore) and prints the same results as an uninterrupted
 // run; the snapshot itself is cut through the VMM's API (kindling vm
@@ -172,19 +204,7 @@ func TestSnapshotRestoresInANewProcess(t *testing.T) {
 	}
 	// Uninterrupted reference, in process.
 	var want bytes.Buffer
-	ref, err := vmm.New(vmm.Config{MemoryMiB: 8, VCPUs: 2}, vmm.Options{Console: &want})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ref.Close()
-	if err := testguest.LoadXorshift(ref.Memory()); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 2; i++ {
-		if err := testguest.StartUser64(ref.VCPU(i), ref.Memory(), i, 2, testguest.Rounds); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ref := xorshiftVM(t, &want, 2)
 	start := time.Now()
 	ref.Start()
 	if r := ref.Wait(); r.Kind != vmm.ExitGuestReset {
@@ -194,26 +214,9 @@ func TestSnapshotRestoresInANewProcess(t *testing.T) {
 
 	// Interrupted run in process, snapshotted through its API socket with
 	// the CLI, as an operator would.
-	m, err := vmm.New(vmm.Config{MemoryMiB: 8, VCPUs: 2}, vmm.Options{Console: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := testguest.LoadXorshift(m.Memory()); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 2; i++ {
-		if err := testguest.StartUser64(m.VCPU(i), m.Memory(), i, 2, testguest.Rounds); err != nil {
-			t.Fatal(err)
-		}
-	}
+	m := xorshiftVM(t, io.Discard, 2)
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "api.sock")
-	l, err := api.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go api.Serve(m, l, slog.New(slog.NewTextHandler(io.Discard, nil)), api.DefaultLinger)
+	sock := serveAPI(t, m, dir)
 	m.Start()
 	time.Sleep(took / 3)
 	snap := filepath.Join(dir, "snap")
@@ -252,12 +255,7 @@ func TestSnapshotWithTimerRestoresInANewProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "api.sock")
-	l, err := api.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go api.Serve(m, l, slog.New(slog.NewTextHandler(io.Discard, nil)), api.DefaultLinger)
+	sock := serveAPI(t, m, dir)
 	m.Start()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
 		if n, _ := m.Memory().ReadU32(testguest.TickAddr); n >= testguest.TickTarget/3 {
