@@ -24,9 +24,11 @@ const (
 	hdrHeapEndPtr    = 0x224
 	hdrCmdLinePtr    = 0x228
 	hdrInitrdAddrMax = 0x22c
+	hdrKernelAlign   = 0x230
 	hdrRelocatable   = 0x234
 	hdrXLoadFlags    = 0x236
 	hdrCmdlineSize   = 0x238
+	hdrPrefAddress   = 0x258
 	hdrInitSize      = 0x260
 
 	// boot_params fields outside the setup header.
@@ -62,7 +64,8 @@ type bzImage struct {
 	version   uint16
 	setupLen  int    // bytes of real-mode setup before the protected-mode code
 	pmLen     int    // protected-mode code bytes
-	initSize  uint64 // memory the kernel needs from its load address
+	initSize  uint64 // memory the kernel needs from where it decompresses
+	runAddr   uint64 // where the decompressor puts the kernel
 	addrMax   uint64 // initrd_addr_max
 	cmdMax    int
 	hdrEnd    int // end of the setup header in the file
@@ -100,17 +103,38 @@ func parseBzImage(path string, data []byte, memSize uint64) (*bzImage, error) {
 		return nil, fmt.Errorf("kernel %s: a zImage that loads below 1 MiB is not supported", path)
 	}
 	b.initSize = uint64(binary.LittleEndian.Uint32(data[hdrInitSize:]))
+	// The decompressor does not run the kernel where it was loaded: a
+	// relocatable kernel moves to the load address aligned up to
+	// kernel_alignment but never below pref_address (LOAD_PHYSICAL_ADDR,
+	// 16 MiB on x86-64), and a fixed one runs at pref_address. The kernel
+	// then needs init_size bytes from there, which is what the initrd
+	// must stay clear of.
+	pref := binary.LittleEndian.Uint64(data[hdrPrefAddress:])
+	b.runAddr = pref
+	if data[hdrRelocatable] != 0 {
+		align := uint64(binary.LittleEndian.Uint32(data[hdrKernelAlign:]))
+		run := b.loadAddr
+		if align != 0 && align&(align-1) == 0 {
+			run = (run + align - 1) &^ (align - 1)
+		}
+		b.runAddr = max(run, pref)
+	}
+	b.runAddr = max(b.runAddr, b.loadAddr)
 	b.addrMax = uint64(binary.LittleEndian.Uint32(data[hdrInitrdAddrMax:]))
 	b.cmdMax = int(binary.LittleEndian.Uint32(data[hdrCmdlineSize:]))
 	b.memoryEnd = lowRAMEnd(memSize)
-	need := max(b.initSize, uint64(b.pmLen))
-	if b.loadAddr+need > b.memoryEnd {
-		return nil, fmt.Errorf("kernel %s: %w: needs %d MiB from 1 MiB on, the guest has %d MiB", path, ErrTooBig, (need+(1<<20)-1)>>20, memSize>>20)
+	if b.end() > b.memoryEnd {
+		return nil, fmt.Errorf("kernel %s: %w: it decompresses to %d MiB and needs RAM up to %d MiB, the guest has %d MiB",
+			path, ErrTooBig, b.runAddr>>20, (b.end()+(1<<20)-1)>>20, memSize>>20)
 	}
 	return b, nil
 }
 
-func (b *bzImage) end() uint64       { return b.loadAddr + max(b.initSize, uint64(b.pmLen)) }
+// end is the first address above everything the kernel occupies: the
+// loaded image at 1 MiB and the decompressed kernel at runAddr.
+func (b *bzImage) end() uint64 {
+	return max(b.loadAddr+uint64(b.pmLen), b.runAddr+b.initSize)
+}
 func (b *bzImage) initrdMax() uint64 { return min(b.addrMax+1, b.memoryEnd) }
 func (b *bzImage) cmdlineMax() int {
 	return min(max(b.cmdMax, 0), cmdlineMax-1)

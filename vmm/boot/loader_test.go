@@ -30,6 +30,8 @@ func fakeBzImage(payload []byte) []byte {
 	b[hdrRelocatable] = 1
 	binary.LittleEndian.PutUint16(b[hdrXLoadFlags:], xlfKernel64)
 	binary.LittleEndian.PutUint32(b[hdrCmdlineSize:], 2047)
+	binary.LittleEndian.PutUint32(b[hdrKernelAlign:], 2<<20)
+	binary.LittleEndian.PutUint64(b[hdrPrefAddress:], 16<<20)
 	binary.LittleEndian.PutUint32(b[hdrInitSize:], 4<<20)
 	padded := make([]byte, (len(payload)+15)/16*16)
 	copy(padded, payload)
@@ -161,6 +163,29 @@ func translate(t *testing.T, mem *memory.Memory, va uint64) (uint64, bool) {
 		return 0, false
 	}
 	return pde&^0x1fffff&^(1<<63) | va&0x1fffff, true
+}
+
+// A bzImage loaded at 1 MiB decompresses at pref_address (16 MiB here) and
+// needs init_size from there: the initrd must stay above that, and a guest
+// too small for it is refused.
+func TestBzImageDecompressionAreaIsKeptClear(t *testing.T) {
+	k := writeFile(t, "bzImage", fakeBzImage([]byte("x")))
+	initrd := writeFile(t, "initrd", make([]byte, 6<<20))
+	mem := newMem(t, 28)
+	if _, err := Load(mem, Config{Kernel: k, Initrd: initrd, VCPUs: 1}); err != nil {
+		t.Fatal(err)
+	}
+	zp, _ := mem.Slice(zeroPageAddr, bootParamsLen)
+	if addr := binary.LittleEndian.Uint32(zp[hdrRamdiskImage:]); addr < 20<<20 {
+		t.Fatalf("initrd at %#x overlaps the kernel decompressed at 16 MiB + 4 MiB", addr)
+	}
+	err := Check(Config{Kernel: k, Initrd: initrd, VCPUs: 1}, 24<<20)
+	if !errors.Is(err, ErrTooBig) {
+		t.Fatalf("initrd that only fits over the decompressed kernel: %v", err)
+	}
+	if err := Check(Config{Kernel: k, VCPUs: 1}, 18<<20); !errors.Is(err, ErrTooBig) || !strings.Contains(err.Error(), "decompresses to 16 MiB") {
+		t.Fatalf("guest smaller than the decompressed kernel: %v", err)
+	}
 }
 
 func TestLoadPVH(t *testing.T) {
