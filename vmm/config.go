@@ -33,6 +33,12 @@ type Disk struct {
 	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
+// ParseDisk parses the command-line form of a disk, FILE or FILE:ro.
+func ParseDisk(s string) Disk {
+	path, ro := strings.CutSuffix(s, ":ro")
+	return Disk{Path: path, ReadOnly: ro}
+}
+
 // Limits on a VM's shape.
 const (
 	// MaxVCPUs is bounded by the MP table's 8-bit APIC IDs (one is the

@@ -49,3 +49,12 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestParseDisk(t *testing.T) {
+	if d := ParseDisk("/a/disk.img:ro"); d.Path != "/a/disk.img" || !d.ReadOnly {
+		t.Fatalf("%+v", d)
+	}
+	if d := ParseDisk("/a/disk.img"); d.Path != "/a/disk.img" || d.ReadOnly {
+		t.Fatalf("%+v", d)
+	}
+}

@@ -85,6 +85,9 @@ type Machine struct {
 
 	created time.Time
 	metrics metrics
+	// supportedCPUID is KVM_GET_SUPPORTED_CPUID, read once at creation:
+	// vCPU setup and the restore compatibility check both need it.
+	supportedCPUID []kvm.CPUIDEntry
 	// msrsToSave is KVM's MSR index list, less MSRs a vCPU refused to
 	// read; snapshots save these.
 	msrsToSave []uint32
@@ -216,6 +219,7 @@ func (m *Machine) createVCPUs() error {
 	if err != nil {
 		return err
 	}
+	m.supportedCPUID = cpuid
 	msrIndex, err := m.sys.MSRIndexList()
 	if err != nil {
 		return err

@@ -285,11 +285,7 @@ func (m *Machine) applyState(st *MachineState) error {
 	if len(st.VCPUs) != len(m.vcpus) {
 		return fmt.Errorf("snapshot has %d vcpus, the VM %d", len(st.VCPUs), len(m.vcpus))
 	}
-	supported, err := m.sys.SupportedCPUID()
-	if err != nil {
-		return err
-	}
-	if err := checkCompatible(st, supported); err != nil {
+	if err := checkCompatible(st, m.supportedCPUID); err != nil {
 		return err
 	}
 	if err := m.restoreVM(st.VM); err != nil {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -81,8 +80,7 @@ type diskList []vmm.Disk
 func (d *diskList) String() string { return "" }
 
 func (d *diskList) Set(v string) error {
-	path, ro := strings.CutSuffix(v, ":ro")
-	*d = append(*d, vmm.Disk{Path: path, ReadOnly: ro})
+	*d = append(*d, vmm.ParseDisk(v))
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -66,11 +65,7 @@ type diskFlags []vmm.Disk
 func (d *diskFlags) String() string { return "" }
 
 func (d *diskFlags) Set(v string) error {
-	path, ro := v, false
-	if p, ok := strings.CutSuffix(v, ":ro"); ok {
-		path, ro = p, true
-	}
-	*d = append(*d, vmm.Disk{Path: path, ReadOnly: ro})
+	*d = append(*d, vmm.ParseDisk(v))
 	return nil
 }
 

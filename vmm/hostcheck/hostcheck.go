@@ -89,7 +89,7 @@ const probeIterations = 100_000
 // Run performs the whole check. It fails only when it cannot tell; a host
 // that lacks something gets a report that says so.
 func Run() (*Report, error) {
-	r := &Report{HostKind: hostKind(), Vendor: cpuVendor()}
+	r := &Report{HostKind: vmm.HostKind(), Vendor: cpuVendor()}
 	sys, err := kvm.Open()
 	if err != nil {
 		r.KVM = Finding{Detail: err.Error()}
@@ -293,16 +293,6 @@ func regsString(b, c, d uint32) string {
 	binary.LittleEndian.PutUint32(buf[4:], c)
 	binary.LittleEndian.PutUint32(buf[8:], d)
 	return strings.TrimRight(string(buf[:]), "\x00")
-}
-
-// hostKind names the KVM flavour from the loaded modules.
-func hostKind() string {
-	for _, k := range []struct{ mod, kind string }{{"kvm_pvm", "pvm"}, {"kvm_intel", "vmx"}, {"kvm_amd", "svm"}} {
-		if _, err := os.Stat("/sys/module/" + k.mod); err == nil {
-			return k.kind
-		}
-	}
-	return "unknown"
 }
 
 func cpuVendor() string {
