@@ -3,6 +3,7 @@ package kernelbuilder
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,6 +31,9 @@ type Artifacts struct {
 	Log     string
 	Key     string
 	Cached  bool
+	// BuildTime is how long the build that made this entry took (zero if
+	// the entry predates recording it).
+	BuildTime time.Duration
 }
 
 // makeFunc runs make; tests replace it.
@@ -137,6 +141,9 @@ func artifacts(dir, key string, spec Spec) (*Artifacts, bool) {
 	if _, err := os.Stat(a.Config); err != nil {
 		return nil, false
 	}
+	if b, err := os.ReadFile(filepath.Join(dir, "build-time")); err == nil {
+		a.BuildTime, _ = time.ParseDuration(strings.TrimSpace(string(b)))
+	}
 	return a, true
 }
 
@@ -154,41 +161,19 @@ func configureAndMake(ctx context.Context, spec Spec, opt BuildOptions, tree, di
 		return fmt.Errorf("kernel %s failed: %v\n%s\n(full log: %s)", step, err, tail(logPath, 30), keep)
 	}
 	fmt.Fprintf(progress, "kernel: configuring (tinyconfig + %d options) in %s\n", len(spec.Options), filepath.Base(tree))
-	if err := mk(ctx, tree, logf, "O="+out, "tinyconfig"); err != nil {
-		return fail("tinyconfig", err)
-	}
-	cfgPath := filepath.Join(out, ".config")
-	if err := appendOptions(cfgPath, spec.Options); err != nil {
-		return err
-	}
-	if err := mk(ctx, tree, logf, "O="+out, "olddefconfig"); err != nil {
-		return fail("olddefconfig", err)
-	}
-	f, err := os.Open(cfgPath)
-	if err != nil {
-		return err
-	}
-	cfg, err := readConfig(f)
-	f.Close()
-	if err != nil {
-		return err
-	}
-	if miss := missingOptions(cfg, spec.Options); len(miss) > 0 {
-		var lines []string
-		for _, o := range miss {
-			l := fmt.Sprintf("%s (got %s)", o, valueOr(cfg[o.Name], "unset"))
-			if dep := dependsOn(tree, o.Name); dep != "" {
-				l += "; " + dep
-			}
-			lines = append(lines, l)
+	if _, err := configure(ctx, spec, tree, out, logf, mk); err != nil {
+		var ce *configError
+		if errors.As(err, &ce) {
+			return err
 		}
-		return fmt.Errorf("kernel config: olddefconfig dropped %d requested option(s): %s", len(miss), strings.Join(lines, " | "))
+		return fail("configure", err)
 	}
 	jobs := opt.Jobs
 	if jobs <= 0 {
 		jobs = runtime.NumCPU()
 	}
 	fmt.Fprintf(progress, "kernel: building %s with -j%d (log: %s)\n", strings.Join(spec.Targets, " "), jobs, logPath)
+	started := time.Now()
 	pw := newProgress(logf, progress)
 	err = mk(ctx, tree, pw, append([]string{"O=" + out, fmt.Sprintf("-j%d", jobs)}, spec.Targets...)...)
 	pw.stop()
@@ -204,10 +189,137 @@ func configureAndMake(ctx context.Context, spec Spec, opt BuildOptions, tree, di
 			return fmt.Errorf("kernel build: collect %s: %w", t, err)
 		}
 	}
-	if err := copyFile(cfgPath, filepath.Join(dir, "config")); err != nil {
+	if err := copyFile(filepath.Join(out, ".config"), filepath.Join(dir, "config")); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "build-time"), []byte(time.Since(started).Round(time.Second).String()+"\n"), 0o644); err != nil {
 		return err
 	}
 	return os.RemoveAll(out)
+}
+
+// configError is a requested option olddefconfig dropped; the message
+// names the option and the dependency that dropped it.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return e.msg }
+
+// configure writes out/.config: tinyconfig, then the spec's options, then
+// olddefconfig, and checks every requested option survived.
+func configure(ctx context.Context, spec Spec, tree, out string, log io.Writer, mk makeFunc) (map[string]string, error) {
+	if err := mk(ctx, tree, log, "O="+out, "tinyconfig"); err != nil {
+		return nil, fmt.Errorf("tinyconfig: %w", err)
+	}
+	cfgPath := filepath.Join(out, ".config")
+	if err := appendOptions(cfgPath, spec.Options); err != nil {
+		return nil, err
+	}
+	if err := mk(ctx, tree, log, "O="+out, "olddefconfig"); err != nil {
+		return nil, fmt.Errorf("olddefconfig: %w", err)
+	}
+	f, err := os.Open(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := readConfig(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	if miss := missingOptions(cfg, spec.Options); len(miss) > 0 {
+		var lines []string
+		for _, o := range miss {
+			l := fmt.Sprintf("%s (got %s)", o, valueOr(cfg[o.Name], "unset"))
+			if dep := dependsOn(tree, o.Name); dep != "" {
+				l += "; " + dep
+			}
+			lines = append(lines, l)
+		}
+		return cfg, &configError{fmt.Sprintf("kernel config: olddefconfig dropped %d requested option(s): %s", len(miss), strings.Join(lines, " | "))}
+	}
+	return cfg, nil
+}
+
+// Configure resolves spec's configuration against the kernel source
+// (tinyconfig, the options, olddefconfig) without building, and returns
+// the resulting .config; a requested option that did not survive is an
+// error naming it and its dependencies. It takes seconds, not minutes.
+func Configure(ctx context.Context, spec Spec, opt BuildOptions) (map[string]string, error) {
+	cache := opt.CacheDir
+	if cache == "" {
+		var err error
+		if cache, err = DefaultCacheDir(); err != nil {
+			return nil, err
+		}
+	}
+	tarball := spec.Source
+	if tarball == "" {
+		var err error
+		if tarball, err = FindSource(); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkTools(); err != nil {
+		return nil, err
+	}
+	srcHash, err := sourceHash(cache, tarball)
+	if err != nil {
+		return nil, err
+	}
+	tree, err := unpackSource(ctx, cache, tarball, srcHash, spec.Patches, progressOrDiscard(opt.Progress))
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "kindling-kconfig-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	var log bytes.Buffer
+	cfg, err := configure(ctx, spec, tree, tmp, &log, runMake)
+	if err != nil {
+		var ce *configError
+		if !errors.As(err, &ce) {
+			return nil, fmt.Errorf("%w\n%s", err, lastLines(log.String(), 20))
+		}
+	}
+	return cfg, err
+}
+
+// SourceTree unpacks (once, cached) the kernel source and returns its
+// directory, for tools that read it (the syscall table's drift test).
+func SourceTree(ctx context.Context, opt BuildOptions) (string, error) {
+	cache := opt.CacheDir
+	if cache == "" {
+		var err error
+		if cache, err = DefaultCacheDir(); err != nil {
+			return "", err
+		}
+	}
+	tarball, err := FindSource()
+	if err != nil {
+		return "", err
+	}
+	srcHash, err := sourceHash(cache, tarball)
+	if err != nil {
+		return "", err
+	}
+	return unpackSource(ctx, cache, tarball, srcHash, nil, progressOrDiscard(opt.Progress))
+}
+
+func progressOrDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // appendOptions sets the options by appending them to .config; olddefconfig

@@ -47,41 +47,91 @@ func missingOptions(cfg map[string]string, want []Option) []Option {
 	return out
 }
 
-// dependsOn finds the `depends on` lines of option name's Kconfig entry in
-// the source tree, to say why olddefconfig dropped it.
+// dependsOn says why olddefconfig may have dropped option name: the
+// `depends on` lines of its Kconfig entry, the `if` blocks around the
+// entry, and the `if` blocks around the `source` line that pulls its
+// Kconfig file in (IPV6 has no `depends on`: net/Kconfig sources it inside
+// `if INET`).
 func dependsOn(src, name string) string {
 	sym := strings.TrimPrefix(name, "CONFIG_")
 	entry := regexp.MustCompile(`^\s*(menu)?config\s+` + regexp.QuoteMeta(sym) + `\s*$`)
 	var found []string
+	var file string
 	_ = filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasPrefix(d.Name(), "Kconfig") || len(found) > 0 {
+		if err != nil || d.IsDir() || !strings.HasPrefix(d.Name(), "Kconfig") || file != "" {
 			return nil
 		}
-		f, err := os.Open(p)
+		data, err := os.ReadFile(p)
 		if err != nil {
 			return nil
 		}
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		in := false
-		for sc.Scan() {
-			line := sc.Text()
+		rel, _ := filepath.Rel(src, p)
+		ifs, in := []string{}, false
+		for _, line := range strings.Split(string(data), "\n") {
 			t := strings.TrimSpace(line)
-			if entry.MatchString(line) {
-				in = true
+			switch {
+			case entry.MatchString(line):
+				in, file = true, rel
+				for _, c := range ifs {
+					found = append(found, fmt.Sprintf("%s: inside `if %s`", rel, c))
+				}
 				continue
+			case strings.HasPrefix(t, "if "):
+				ifs = append(ifs, strings.TrimSpace(t[3:]))
+			case t == "endif" && len(ifs) > 0:
+				ifs = ifs[:len(ifs)-1]
 			}
 			if in {
-				if strings.HasPrefix(t, "config ") || strings.HasPrefix(t, "menuconfig ") || strings.HasPrefix(t, "endmenu") {
+				if strings.HasPrefix(t, "config ") || strings.HasPrefix(t, "menuconfig ") || strings.HasPrefix(t, "endmenu") || strings.HasPrefix(t, "if ") || t == "endif" {
 					break
 				}
 				if strings.HasPrefix(t, "depends on") {
-					rel, _ := filepath.Rel(src, p)
 					found = append(found, fmt.Sprintf("%s: %s", rel, t))
 				}
 			}
 		}
+		if file == "" {
+			found = nil
+		}
 		return nil
 	})
+	if file != "" {
+		found = append(found, sourcedInside(src, file)...)
+	}
 	return strings.Join(found, "; ")
+}
+
+// sourcedInside finds the `source "file"` line that includes a Kconfig
+// file and the `if` blocks around it.
+func sourcedInside(src, file string) []string {
+	var out []string
+	needle := `source "` + filepath.ToSlash(file) + `"`
+	_ = filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasPrefix(d.Name(), "Kconfig") || out != nil {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(data), needle) {
+			return nil
+		}
+		rel, _ := filepath.Rel(src, p)
+		var ifs []string
+		for _, line := range strings.Split(string(data), "\n") {
+			t := strings.TrimSpace(line)
+			switch {
+			case strings.HasPrefix(t, "if "):
+				ifs = append(ifs, strings.TrimSpace(t[3:]))
+			case t == "endif" && len(ifs) > 0:
+				ifs = ifs[:len(ifs)-1]
+			case t == needle:
+				out = []string{}
+				for _, c := range ifs {
+					out = append(out, fmt.Sprintf("%s sources %s inside `if %s`", rel, file, c))
+				}
+				return nil
+			}
+		}
+		return nil
+	})
+	return out
 }
