@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/internal/testinit"
+	"github.com/kindlingvm/kindling/internal/testlock"
 	"github.com/kindlingvm/kindling/kernelbuilder"
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
@@ -126,6 +127,7 @@ func newLinuxVM(t *testing.T, kernel func(*kernelbuilder.Artifacts) string, vcpu
 		t.Skipf("skipping: no KVM (%s)", report.KVM.Detail)
 	}
 	art := testKernel(t, report.EmulatesCPL0())
+	testlock.Exclusive(t, "linux-boot") // one emulated boot at a time, across packages
 	dir := t.TempDir()
 	initrd, err := testinit.BuildInitramfs(dir)
 	if err != nil {

@@ -1,0 +1,76 @@
+// Package testtasks builds the small task binaries the kernel builder's
+// analysis, its tests and its benchmarks are checked on: Go programs from
+// this module and C programs compiled with the system's gcc.
+package testtasks
+
+import (
+	_ "embed"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+//go:embed csrc/static_write.c
+var staticWrite []byte
+
+//go:embed csrc/nostdlib.c
+var noStdlib []byte
+
+//go:embed csrc/sockets.c
+var sockets []byte
+
+// Task names.
+const (
+	GoHello     = "go-hello"      // writes to stdout
+	GoHTTP      = "go-http"       // serves HTTP
+	GoEpoll     = "go-epoll"      // epoll, timerfd, eventfd via x/sys/unix
+	CStatic     = "c-static"      // static glibc, write and _exit
+	CNoStdlib   = "c-nostdlib"    // no libc: raw write and exit
+	CSockets    = "c-sockets"     // dynamic glibc with TCP and Unix sockets
+	GoHelloBare = "go-hello-bare" // GoHello stripped (-s -w)
+)
+
+// Build compiles task name into dir and returns the binary's path.
+func Build(dir, name string) (string, error) {
+	out := filepath.Join(dir, name)
+	var cmd *exec.Cmd
+	goBuild := func(pkg string, ldflags string) *exec.Cmd {
+		c := exec.Command("go", "build", "-trimpath", "-ldflags="+ldflags, "-o", out, "github.com/kindlingvm/kindling/internal/testtasks/"+pkg)
+		c.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		return c
+	}
+	cc := func(src []byte, file string, flags ...string) (*exec.Cmd, error) {
+		p := filepath.Join(dir, file)
+		if err := os.WriteFile(p, src, 0o644); err != nil {
+			return nil, err
+		}
+		return exec.Command("gcc", append(append([]string{"-O2", "-o", out}, flags...), p)...), nil
+	}
+	var err error
+	switch name {
+	case GoHello:
+		cmd = goBuild("gohello", "")
+	case GoHelloBare:
+		cmd = goBuild("gohello", "-s -w")
+	case GoHTTP:
+		cmd = goBuild("gohttp", "")
+	case GoEpoll:
+		cmd = goBuild("goepoll", "")
+	case CStatic:
+		cmd, err = cc(staticWrite, "static_write.c", "-static")
+	case CNoStdlib:
+		cmd, err = cc(noStdlib, "nostdlib.c", "-static", "-nostdlib", "-fno-stack-protector", "-fcf-protection=none")
+	case CSockets:
+		cmd, err = cc(sockets, "sockets.c")
+	default:
+		return "", fmt.Errorf("testtasks: unknown task %q", name)
+	}
+	if err != nil {
+		return "", err
+	}
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %v\n%s", name, err, o)
+	}
+	return out, nil
+}
