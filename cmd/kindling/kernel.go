@@ -2,23 +2,36 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/kindlingvm/kindling/kernelbuilder"
+	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 )
 
-const kernelUsage = `usage: kindling kernel build-test [--emulated-cpl0=auto|true|false] [--cache DIR]
+const kernelUsage = `usage: kindling kernel build --for BINARY [--for BINARY]... [-o DIR] [--emulated-cpl0=auto|true|false]
+       kindling kernel explain --for BINARY [--for BINARY]... [--json]
        kindling kernel build --option CONFIG_X=y [--option ...] [--patch FILE]... [--target vmlinux|bzImage]...
+       kindling kernel build-test [--emulated-cpl0=auto|true|false] [--cache DIR]
 
-build-test builds the kernel the VMM's tests boot: tinyconfig plus the VM
-essentials, with the int3 self-test patched out on hosts that emulate guest
-kernel mode (auto asks 'kindling host check'). build builds any option set.
+build --for analyses each binary (the task, and anything else the guest
+runs, such as its /init) for the system calls and socket families it may
+use, and builds tinyconfig + the VM essentials + exactly the options those
+need. explain prints that option set without building: each option by its
+CONFIG_ name with the system calls or needs that pulled it in, then what
+the analysis could not resolve. build --option builds any option set;
+build-test builds the kernel the VMM's tests boot.
+
+On hosts that emulate guest kernel mode (auto asks 'kindling host check')
+kernels carry patches that keep them off instructions KVM's emulator lacks.
 Builds are cached by a hash of source, options and patches under
 $XDG_CACHE_HOME/kindling (default ~/.cache/kindling); the artefact directory
-is the last line of stdout, progress goes to stderr.
+(or -o DIR, which gets copies) is the last line of stdout, progress goes to
+stderr.
 `
 
 // stringList collects a repeated flag.
@@ -33,7 +46,7 @@ func kernelMain(args []string) error {
 		return exitError{2}
 	}
 	switch args[0] {
-	case "build-test", "build":
+	case "build-test", "build", "explain":
 	case "-h", "--help", "help":
 		fmt.Print(kernelUsage)
 		return nil
@@ -47,32 +60,76 @@ func kernelMain(args []string) error {
 	source := fs.String("source", "", "kernel source `tarball` (default the newest "+kernelbuilder.SourceGlob+")")
 	jobs := fs.Int("j", 0, "parallel make jobs (default: one per CPU)")
 	emulated := fs.String("emulated-cpl0", "auto", "build-test: apply the int3 self-test patch (auto: if this host emulates guest kernel mode)")
-	var options, patches, targets stringList
+	var options, patches, targets, binaries stringList
+	fs.Var(&binaries, "for", "build, explain: a `binary` the guest runs, analysed for the options it needs (repeatable)")
+	outDir := fs.String("o", "", "build --for: copy vmlinux, bzImage, config and kernel.txt (the explanation) into `dir`")
+	asJSON := fs.Bool("json", false, "explain: print the analysis reports and options as JSON")
 	fs.Var(&options, "option", "build: a Kconfig `CONFIG_NAME=value` on top of tinyconfig (repeatable)")
 	fs.Var(&patches, "patch", "build: a unified diff `file` to apply with patch -p1 (repeatable)")
 	fs.Var(&targets, "target", "build: vmlinux or bzImage (repeatable; default both)")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
-	var spec kernelbuilder.Spec
-	if args[0] == "build-test" {
-		var emu bool
+	emulatedCPL0 := func() (bool, error) {
 		switch *emulated {
 		case "true":
-			emu = true
+			return true, nil
 		case "false":
+			return false, nil
 		case "auto":
-			var err error
-			if emu, err = hostEmulatesCPL0(); err != nil {
-				return fmt.Errorf("kernel build-test: %w (pass --emulated-cpl0=true or false)", err)
+			emu, err := hostEmulatesCPL0()
+			if err != nil {
+				return false, fmt.Errorf("kernel %s: %w (pass --emulated-cpl0=true or false)", args[0], err)
 			}
-		default:
-			return badInput(fmt.Errorf("--emulated-cpl0=%q: want auto, true or false", *emulated))
+			return emu, nil
 		}
-		spec = kernelbuilder.TestKernelSpec(emu)
+		return false, badInput(fmt.Errorf("--emulated-cpl0=%q: want auto, true or false", *emulated))
+	}
+	var spec kernelbuilder.Spec
+	var plan *kernelbuilder.TaskPlan
+	if args[0] == "explain" || len(binaries) > 0 {
+		if len(binaries) == 0 {
+			return badInput(fmt.Errorf("kernel explain: give the task with --for BINARY"))
+		}
+		var reports []*analyze.Report
+		for _, b := range binaries {
+			r, err := analyze.File(b)
+			if err != nil {
+				return badInput(err)
+			}
+			reports = append(reports, r)
+		}
+		plan = kernelbuilder.PlanTask(reports...)
+		if args[0] == "explain" {
+			if *asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"reports": reports, "options": plan.Why, "warnings": plan.Warnings, "table_version": plan.Table.Version})
+			}
+			fmt.Print(plan.Explain())
+			return nil
+		}
+	}
+	if args[0] == "build-test" || plan != nil {
+		emu, err := emulatedCPL0()
+		if err != nil {
+			return err
+		}
+		if plan != nil {
+			spec = plan.Spec(emu)
+			for _, o := range options {
+				opt, err := kernelbuilder.ParseOption(o)
+				if err != nil {
+					return badInput(err)
+				}
+				spec.Options = append(spec.Options, opt)
+			}
+		} else {
+			spec = kernelbuilder.TestKernelSpec(emu)
+		}
 	} else {
 		if len(options) == 0 {
-			return badInput(fmt.Errorf("kernel build: give at least one --option CONFIG_NAME=value"))
+			return badInput(fmt.Errorf("kernel build: give the task with --for BINARY, or options with --option CONFIG_NAME=value"))
 		}
 		for _, o := range options {
 			opt, err := kernelbuilder.ParseOption(o)
@@ -95,6 +152,37 @@ func kernelMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	if *outDir != "" {
+		if err := copyArtifacts(art, *outDir, plan); err != nil {
+			return err
+		}
+		fmt.Println(*outDir)
+		return nil
+	}
 	fmt.Println(art.Dir)
+	return nil
+}
+
+// copyArtifacts puts a build's kernel images and config (and, for a task
+// kernel, the explanation) into dir.
+func copyArtifacts(art *kernelbuilder.Artifacts, dir string, plan *kernelbuilder.TaskPlan) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("kernel build -o: %w", err)
+	}
+	for _, p := range []string{art.Vmlinux, art.BzImage, art.Config} {
+		if p == "" {
+			continue
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(p)), data, 0o644); err != nil {
+			return fmt.Errorf("kernel build -o: %w", err)
+		}
+	}
+	if plan != nil {
+		return os.WriteFile(filepath.Join(dir, "kernel.txt"), []byte(plan.Explain()), 0o644)
+	}
 	return nil
 }
