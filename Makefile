@@ -12,7 +12,7 @@ export CGO_ENABLED := 0
 TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 20s
 
-.PHONY: all setup build kernel test test-short vet fuzz bench demo clean
+.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels syscall-table demo clean
 
 all: build
 
@@ -47,6 +47,16 @@ fuzz:
 
 bench: setup build
 	$(BIN)/kindling-bench
+
+# Per-task kernels for three tasks against Firecracker's and Debian's
+# configurations (builds up to three kernels on a cold cache).
+bench-kernels: setup build
+	$(BIN)/kindling-bench --kernels
+
+# Re-derive kernelbuilder/syscalls/table_gen.go from the installed kernel
+# source (the drift test in make test says when this is needed).
+syscall-table: setup
+	$(GO) run ./kernelbuilder/syscalls/gen
 
 demo: setup build
 	$(GO) build -o $(BIN)/kindling-demo ./internal/demo

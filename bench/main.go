@@ -33,7 +33,15 @@ func main() {
 	vmmBin := flag.String("vmm", "", "kindling-vmm binary (default: next to this program, then $PATH)")
 	qemuBin := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 	restoreRuns := flag.Int("restore-runs", 10, "restores per guest size and VMM (0 skips the restore table)")
+	kernels := flag.Bool("kernels", false, "instead: build (cached) and compare per-task kernels for three tasks")
 	flag.Parse()
+	if *kernels {
+		if err := kernelTable(os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "kindling-bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*runs, *memMiB, *vmmBin, *qemuBin, *restoreRuns); err != nil {
 		fmt.Fprintf(os.Stderr, "kindling-bench: %v\n", err)
 		os.Exit(1)

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(linux-source-6.12 build-essential binutils flex bison bc libelf-dev libssl-dev
-          cpio xz-utils patch qemu-system-x86 curl)
+          cpio xz-utils zstd patch qemu-system-x86 curl linux-config-6.12)
 
 missing=()
 for p in "${packages[@]}"; do

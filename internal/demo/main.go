@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/internal/testinit"
+	"github.com/kindlingvm/kindling/internal/testtasks"
 	"github.com/kindlingvm/kindling/kernelbuilder"
+	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
 	"github.com/kindlingvm/kindling/vmm/launch"
@@ -107,7 +109,34 @@ func run() error {
 		fmt.Printf("ok: /init printed %q\n", testinit.Message)
 	}
 
-	stage(6, "benchmark: start-up and memory vs QEMU microvm, same host, same run")
+	stage(6, "a kernel for a task: analyse a Go HTTP server, derive its options, check them against Kconfig")
+	task, err := testtasks.Build(dir, testtasks.GoHTTP)
+	if err != nil {
+		return err
+	}
+	rep, err := analyze.File(task)
+	if err != nil {
+		return err
+	}
+	plan := kernelbuilder.PlanTask(rep)
+	for _, line := range strings.Split(plan.Explain(), "\n") {
+		if !strings.HasPrefix(line, "#   ") { // the per-syscall lines: see kindling kernel explain
+			fmt.Println(line)
+		}
+	}
+	kcfg, err := kernelbuilder.Configure(ctx, plan.Spec(report.EmulatesCPL0()), kernelbuilder.BuildOptions{})
+	if err != nil {
+		return err
+	}
+	y := 0
+	for _, v := range kcfg {
+		if v == "y" {
+			y++
+		}
+	}
+	fmt.Printf("olddefconfig kept all %d requested options; %d options are =y in all (make bench-kernels builds and sizes it)\n", len(plan.Why), y)
+
+	stage(7, "benchmark: start-up and memory vs QEMU microvm, same host, same run")
 	self, err := os.Executable()
 	if err != nil {
 		return err
