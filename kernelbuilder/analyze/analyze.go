@@ -190,14 +190,25 @@ func (r *Report) addNeed(name string, site Site) {
 	}
 }
 
-// family records a socket family found (or not, why != "") at site.
-func (r *Report) family(site Site, v int64, why string) {
+// family records the socket families found (or not, why != "") at site.
+func (r *Report) family(site Site, vs []int64, why string) {
 	site.Via += " (family)"
 	if why != "" {
 		r.Unresolved = append(r.Unresolved, Unresolved{Site: site, What: "socket family", Why: why})
 		return
 	}
-	r.addNeed(familyName(v), site)
+	for _, v := range vs {
+		r.addNeed(familyName(v), site)
+	}
+}
+
+func has(vs []int64, v int64) bool {
+	for _, x := range vs {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Report) finish() {

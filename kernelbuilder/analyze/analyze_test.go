@@ -152,8 +152,8 @@ func TestGoEpollThroughXSysUnix(t *testing.T) {
 // A stripped Go binary keeps .gopclntab: the same set, and a note.
 func TestGoStripped(t *testing.T) {
 	full, bare := analyse(t, testtasks.GoHello), analyse(t, testtasks.GoHelloBare)
-	if !bare.Stripped || bare.Conservative || len(bare.Notes) == 0 {
-		t.Errorf("stripped report: stripped=%v conservative=%v notes=%v", bare.Stripped, bare.Conservative, bare.Notes)
+	if !bare.Stripped || bare.Conservative || len(bare.Notes) == 0 || len(bare.Unresolved) != 0 {
+		t.Errorf("stripped report: stripped=%v conservative=%v notes=%v unresolved=%v", bare.Stripped, bare.Conservative, bare.Notes, bare.Unresolved)
 	}
 	if a, b := strings.Join(full.Names(), " "), strings.Join(bare.Names(), " "); a != b {
 		t.Errorf("stripped binary gives another set:\n%s\n%s", a, b)

@@ -42,18 +42,18 @@ func (r *Report) scanC(o *object, direct map[uint64][]int64) error {
 		famFn := isCFamilyFunc(seg.fn)
 		for i, in := range seg.insts {
 			var site Site
-			var nr int64
+			var nrs []int64
 			var why string
 			switch in.Op {
 			case x86asm.SYSCALL:
 				site = Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "syscall instruction"}
-				nr, why = constIn(seg, i, x86asm.RAX)
+				nrs, why = constIn(seg, i, x86asm.RAX)
 			case x86asm.CALL, x86asm.JMP:
 				t := o.callTarget(in)
 				switch {
 				case isCWrapper(t):
 					site = Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "call to " + t + "()"}
-					nr, why = constIn(seg, i, x86asm.RDI)
+					nrs, why = constIn(seg, i, x86asm.RDI)
 				case isCFamilyFunc(t) && !famFn && direct == nil:
 					v, why := constIn(seg, i, x86asm.RDI)
 					r.family(Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "call to " + t + "()"}, v, why)
@@ -67,7 +67,7 @@ func (r *Report) scanC(o *object, direct map[uint64][]int64) error {
 			if direct != nil {
 				if why == "" {
 					start := seg.insts[0].pc
-					direct[start] = append(direct[start], nr)
+					direct[start] = append(direct[start], nrs...)
 				}
 				continue
 			}
@@ -75,8 +75,10 @@ func (r *Report) scanC(o *object, direct map[uint64][]int64) error {
 				r.Unresolved = append(r.Unresolved, Unresolved{Site: site, What: "syscall number", Why: why})
 				continue
 			}
-			r.addSyscall(nr, site)
-			if (nr == sysSocket || nr == sysSocketpair) && !famFn {
+			for _, nr := range nrs {
+				r.addSyscall(nr, site)
+			}
+			if (has(nrs, sysSocket) || has(nrs, sysSocketpair)) && !famFn {
 				v, why := constIn(seg, i, x86asm.RDI)
 				r.family(site, v, why)
 			}

@@ -38,6 +38,9 @@ type object struct {
 type segment struct {
 	fn    string
 	insts []inst
+	// jumpsTo maps a target address to the direct jumps that reach it,
+	// built on first use.
+	jumpsTo map[uint64][]int
 }
 
 // segments decodes every executable section, restarting at each function
@@ -73,6 +76,7 @@ func (o *object) segments(visit func(seg *segment)) error {
 			}
 			seg.fn = o.funcAt(lo)
 			seg.insts = seg.insts[:0]
+			seg.jumpsTo = nil
 			for pc := lo; pc < hi; {
 				in, err := x86asm.Decode(data[pc-sec.Addr:hi-sec.Addr], 64)
 				if err != nil || in.Len == 0 {
@@ -150,25 +154,100 @@ var regByteFamily = [...]x86asm.Reg{
 	x86asm.R8, x86asm.R9, x86asm.R10, x86asm.R11, x86asm.R12, x86asm.R13, x86asm.R14, x86asm.R15,
 }
 
-// constIn finds the constant in register reg just before instruction i of
-// seg by walking back through straight-line code: a MOV of an immediate, a
-// XOR of the register with itself, or a copy from another register that
-// holds one. It gives up, saying why, at a call (which clobbers registers),
-// at a jump or return (the code before it does not flow here), at any
-// other write, or at the start of the function (an argument).
-func constIn(seg *segment, i int, reg x86asm.Reg) (int64, string) {
-	reg = regFamily(reg)
-	for j := i - 1; j >= 0; j-- {
-		in := seg.insts[j]
+// constIn finds the constants register reg may hold just before
+// instruction i of seg. It walks back along every path within the
+// function: through fall-through and through each jump that lands on the
+// way, following register copies, until each path meets a MOV of an
+// immediate or a XOR of the register with itself; a loop's back edge adds
+// nothing. Any path on which the value is not a constant (a call clobbers
+// it, something computes it, the function receives it as an argument)
+// makes the answer unresolved, with why.
+func constIn(seg *segment, i int, reg x86asm.Reg) ([]int64, string) {
+	if seg.jumpsTo == nil {
+		seg.jumpsTo = map[uint64][]int{}
+		for k, in := range seg.insts {
+			if in.Op == x86asm.CALL || len(in.Args) == 0 {
+				continue
+			}
+			if rel, ok := in.Args[0].(x86asm.Rel); ok {
+				t := uint64(int64(in.pc) + int64(in.Len) + int64(rel))
+				seg.jumpsTo[t] = append(seg.jumpsTo[t], k)
+			}
+		}
+	}
+	w := &walk{seg: seg, seen: map[walkKey]bool{}, vals: map[int64]bool{}, budget: 4096}
+	w.arrive(i, regFamily(reg))
+	if w.why != "" {
+		return nil, w.why
+	}
+	if len(w.vals) == 0 {
+		return nil, fmt.Sprintf("no path into %#x sets %s", seg.insts[i].pc, reg)
+	}
+	out := make([]int64, 0, len(w.vals))
+	for v := range w.vals {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a] < out[b] })
+	return out, ""
+}
+
+type walkKey struct {
+	pos int
+	reg x86asm.Reg
+}
+
+// walk is one backward search for a register's constant values.
+type walk struct {
+	seg    *segment
+	seen   map[walkKey]bool
+	vals   map[int64]bool
+	why    string
+	budget int
+}
+
+func (w *walk) fail(format string, args ...any) {
+	if w.why == "" {
+		w.why = fmt.Sprintf(format, args...)
+	}
+}
+
+// arrive collects the values reg may hold when control arrives at
+// instruction pos.
+func (w *walk) arrive(pos int, reg x86asm.Reg) {
+	for w.why == "" {
+		k := walkKey{pos, reg}
+		if w.seen[k] {
+			return // a loop, or a path already followed
+		}
+		w.seen[k] = true
+		if w.budget--; w.budget < 0 {
+			w.fail("%s: too many paths to follow in %s", reg, w.seg.fn)
+			return
+		}
+		for _, j := range w.seg.jumpsTo[w.seg.insts[pos].pc] {
+			w.arrive(j, reg) // a jump does not change the register
+		}
+		if pos == 0 {
+			w.fail("%s is not set in %s (passed in by its callers)", reg, w.seg.fn)
+			return
+		}
+		in := w.seg.insts[pos-1]
 		switch in.Op {
+		case x86asm.JMP, x86asm.RET, x86asm.UD2, x86asm.HLT:
+			// Alignment padding after a jump is dead code, not a path.
+			if op := w.seg.insts[pos].Op; len(w.seg.jumpsTo[w.seg.insts[pos].pc]) == 0 && op != x86asm.NOP && op != x86asm.INT {
+				w.fail("%s: %#x is reached only through an indirect jump", reg, w.seg.insts[pos].pc)
+			}
+			return // no fall-through into pos
 		case x86asm.CALL:
-			return 0, fmt.Sprintf("%s is clobbered by the call at %#x", reg, in.pc)
-		case x86asm.JMP, x86asm.RET, x86asm.UD2:
-			return 0, fmt.Sprintf("%s is set on another path (control flow joins after %#x)", reg, in.pc)
+			w.fail("%s is clobbered by the call at %#x", reg, in.pc)
+			return
 		}
 		if implicitlyWrites(in, reg) {
-			return 0, fmt.Sprintf("%s is set by %s at %#x", reg, strings.ToLower(in.Op.String()), in.pc)
+			w.fail("%s is set by %s at %#x", reg, strings.ToLower(in.Op.String()), in.pc)
+			return
 		}
+		pos--
 		if !writesReg(in, reg) {
 			continue
 		}
@@ -176,7 +255,8 @@ func constIn(seg *segment, i int, reg x86asm.Reg) (int64, string) {
 		case x86asm.MOV:
 			switch src := in.Args[1].(type) {
 			case x86asm.Imm:
-				return int64(src), ""
+				w.vals[int64(src)] = true
+				return
 			case x86asm.Reg:
 				if regFamily(src) != 0 {
 					reg = regFamily(src) // follow the copy
@@ -185,25 +265,25 @@ func constIn(seg *segment, i int, reg x86asm.Reg) (int64, string) {
 			}
 		case x86asm.XOR, x86asm.SUB:
 			if r, ok := in.Args[1].(x86asm.Reg); ok && regFamily(r) == reg {
-				return 0, ""
+				w.vals[0] = true
+				return
 			}
 		}
-		return 0, fmt.Sprintf("%s is computed at %#x (%s)", reg, in.pc, x86asm.IntelSyntax(in.Inst, in.pc, nil))
+		w.fail("%s is computed at %#x (%s)", reg, in.pc, x86asm.IntelSyntax(in.Inst, in.pc, nil))
 	}
-	return 0, fmt.Sprintf("%s is not set in %s (passed in by its callers)", reg, seg.fn)
 }
 
 // constOnStack finds the constant stored at [rsp+off] before instruction
 // i: the first argument of a call to an ABI0 (stack-argument) function,
 // which is how Go code calls assembly in its own package.
-func constOnStack(seg *segment, i int, off int64) (int64, string) {
+func constOnStack(seg *segment, i int, off int64) ([]int64, string) {
 	for j := i - 1; j >= 0; j-- {
 		in := seg.insts[j]
 		switch in.Op {
 		case x86asm.CALL:
-			return 0, fmt.Sprintf("the stack argument is clobbered by the call at %#x", in.pc)
+			return nil, fmt.Sprintf("the stack argument is clobbered by the call at %#x", in.pc)
 		case x86asm.JMP, x86asm.RET, x86asm.UD2:
-			return 0, fmt.Sprintf("the stack argument is set on another path (control flow joins after %#x)", in.pc)
+			return nil, fmt.Sprintf("the stack argument is set on another path (control flow joins after %#x)", in.pc)
 		case x86asm.MOV:
 			m, ok := in.Args[0].(x86asm.Mem)
 			if !ok || m.Base != x86asm.RSP || m.Index != 0 || m.Disp != off {
@@ -211,14 +291,14 @@ func constOnStack(seg *segment, i int, off int64) (int64, string) {
 			}
 			switch src := in.Args[1].(type) {
 			case x86asm.Imm:
-				return int64(src), ""
+				return []int64{int64(src)}, ""
 			case x86asm.Reg:
 				return constIn(seg, j, src)
 			}
-			return 0, fmt.Sprintf("the stack argument is computed at %#x", in.pc)
+			return nil, fmt.Sprintf("the stack argument is computed at %#x", in.pc)
 		}
 	}
-	return 0, fmt.Sprintf("the stack argument is not set in %s (passed in by its callers)", seg.fn)
+	return nil, fmt.Sprintf("the stack argument is not set in %s (passed in by its callers)", seg.fn)
 }
 
 // implicitlyWrites covers instructions that write registers they do not

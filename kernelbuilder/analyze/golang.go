@@ -97,7 +97,7 @@ func (r *Report) analyseGo(path string, ef *elf.File) error {
 		wrapper, famFn := isGoPassThrough(seg.fn), isFamilyFunc(seg.fn)
 		for i, in := range seg.insts {
 			var site Site
-			var nr int64
+			var nrs []int64
 			var why string
 			famReg := x86asm.RDI
 			switch in.Op {
@@ -106,7 +106,7 @@ func (r *Report) analyseGo(path string, ef *elf.File) error {
 					continue
 				}
 				site = Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "syscall instruction"}
-				nr, why = constIn(seg, i, x86asm.RAX)
+				nrs, why = constIn(seg, i, x86asm.RAX)
 			case x86asm.CALL, x86asm.JMP:
 				t := o.callTarget(in)
 				switch {
@@ -115,11 +115,19 @@ func (r *Report) analyseGo(path string, ef *elf.File) error {
 				case isGoWrapper(t):
 					site = Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "call to " + t}
 					if strings.HasSuffix(t, ".abi0") {
-						nr, why = constOnStack(seg, i, 0)
+						nrs, why = constOnStack(seg, i, 0)
 						famReg = 0 // a stack argument; not tracked
 					} else {
-						nr, why = constIn(seg, i, x86asm.RAX)
+						nrs, why = constIn(seg, i, x86asm.RAX)
 						famReg = x86asm.RBX // second argument
+						if why != "" {
+							// .gopclntab drops the .abi0 of assembly
+							// bodies, so a stripped binary's direct
+							// ABI0 calls look like register calls.
+							if v, w := constOnStack(seg, i, 0); w == "" {
+								nrs, why, famReg = v, "", 0
+							}
+						}
 					}
 				case isFamilyFunc(t) && !famFn:
 					site = Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "call to " + t}
@@ -139,10 +147,12 @@ func (r *Report) analyseGo(path string, ef *elf.File) error {
 				r.Unresolved = append(r.Unresolved, Unresolved{Site: site, What: "syscall number", Why: why})
 				continue
 			}
-			r.addSyscall(nr, site)
-			if (nr == sysSocket || nr == sysSocketpair) && !famFn {
+			for _, nr := range nrs {
+				r.addSyscall(nr, site)
+			}
+			if (has(nrs, sysSocket) || has(nrs, sysSocketpair)) && !famFn {
 				if famReg == 0 {
-					r.family(site, 0, "the family is a stack argument")
+					r.family(site, nil, "the family is a stack argument")
 					continue
 				}
 				v, why := constIn(seg, i, famReg)
