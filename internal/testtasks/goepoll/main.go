@@ -1,4 +1,5 @@
-// Command goepoll uses epoll, timerfd and eventfd through x/sys/unix.
+// Command goepoll uses epoll, timerfd and eventfd through x/sys/unix, and
+// opens a vsock socket (the family a constant at the call).
 package main
 
 import (
@@ -35,6 +36,9 @@ func main() {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
+	}
+	if vs, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM, 0); err == nil {
+		unix.Close(vs)
 	}
 	events := make([]unix.EpollEvent, 2)
 	n, err := unix.EpollWait(ep, events, 1000)
