@@ -2,44 +2,52 @@ package analyze
 
 import "sort"
 
-// The glibc table below was read from glibc 2.36-2.41 (Debian 12 and 13)
-// and checked on Debian 12's glibc 2.36-9+deb12u14 (`ldd --version`) in
+// How this table was made and checked. It was read from glibc 2.36-2.41
+// (Debian 12 and 13) and verified on Debian 12's glibc
+// 2.36-9+deb12u14 (`ldd --version`: "Debian GLIBC 2.36-9+deb12u14") in
 // two ways:
 //
-//   - strace -f on tiny C programs that call one function between two
-//     marker system calls, for about 270 cases: printf, puts, fwrite,
-//     fopen/fgets/fread/getline/fclose, perror, scanf, malloc of small and
-//     large blocks, realloc, free, pthread_create/join/detach/exit/cancel,
-//     getaddrinfo for "localhost", a numeric host and an unresolvable DNS
-//     name, getnameinfo, getpwnam and other NSS look-ups,
-//     socket/bind/listen, send/recv, sleep/usleep/nanosleep, system,
-//     popen, posix_spawn, fork, vfork, daemon, the exec family, raise,
-//     abort, __stack_chk_fail, __assert_fail, the stat family, time and
-//     time zone functions, sysconf, syslog, setlocale, dlopen, iconv_open,
-//     qsort, epoll/eventfd/timerfd/signalfd/inotify and the plain wrappers;
-//   - a call graph of libc.so.6 built from objdump and the libc6-dbg
-//     symbols: every system call reachable from an exported function
-//     through direct calls (this sees error and rare paths strace does
-//     not; it cannot see calls through function pointers such as stdio's
-//     vtables or NSS modules, which the strace runs cover).
+//   - strace -f on small C programs that call one function between two
+//     marker system calls (about 330 cases): printf, __printf_chk, puts,
+//     fwrite, fflush, fopen/fgets/fread/getline/fclose, perror, scanf,
+//     setvbuf, malloc of small and 1 MiB blocks, realloc, free,
+//     pthread_create/join/detach/exit/cancel/kill, priority-inheritance
+//     and priority-protect mutexes, getaddrinfo for "localhost", a
+//     numeric host and an unresolvable DNS name, getnameinfo, getpwnam and
+//     other NSS look-ups, socket/bind/listen, send/recv, sleep, usleep,
+//     nanosleep, system, popen, posix_spawn, fork, vfork, daemon, the exec
+//     family, raise, abort, __stack_chk_fail, __assert_fail, the stat
+//     family, time and time zone functions, sysconf, syslog, setlocale,
+//     dlopen, iconv_open, qsort, epoll/eventfd/timerfd/signalfd/inotify
+//     and the plain wrappers;
+//   - a call graph of libc.so.6 built with objdump and the libc6-dbg
+//     symbols: the system calls reachable from each exported function
+//     through direct calls, which finds error and rare paths the strace
+//     runs miss (gettext's getcwd fallback, SIGFPE from a plural formula,
+//     utmp locking) but not calls through function pointers (stdio
+//     vtables, NSS modules), which the strace runs cover. Edges it reports
+//     that cannot happen were left out: sysconf's whole switch reached
+//     from a single constant, and priority-protect mutex code reached
+//     from glibc's own recursive locks.
 //
-// Changes between 2.36 and 2.41 are folded in by hand: fstat uses the
-// fstat system call from 2.39 on (newfstatat with AT_EMPTY_PATH before),
-// fchmodat tries fchmodat2 from 2.39, getrandom may allocate vDSO state
-// with mmap from 2.41, the C23 __isoc23_* names appear in 2.38.
+// Changes between 2.36 and 2.41 were folded in from the glibc sources:
+// fstat uses the fstat system call from 2.39 (newfstatat with
+// AT_EMPTY_PATH before), fchmodat tries fchmodat2 from 2.39, getrandom
+// may set up vDSO state with mmap from 2.41, the C23 __isoc23_* entry
+// points appear in 2.38, pidfd_spawn in 2.39, sched_setattr in 2.41.
 //
 // Conservative throughout: a function lists what any of its paths may
 // call, including fallbacks for older kernels (clone3 -> clone, statx ->
 // newfstatat, faccessat2 -> faccessat, renameat2 -> renameat), lazily
 // loaded helpers (time zone files, message catalogs, NSS and gconv modules,
-// libgcc_s for unwinding) and the abort path of glibc's own consistency
-// checks (malloc corruption, fortify, stack protector).
+// libgcc_s for unwinding) and the abort path of glibc's own checks
+// (malloc corruption, fortify, stack protector).
 //
-// Not covered: what user callbacks (qsort comparators, atexit handlers,
-// signal handlers) and NSS or gconv modules do once loaded beyond the
-// calls observed above, and thread cancellation acting inside a
-// cancellation point (that path is listed under pthread_cancel, which a
-// program must import to cancel a thread).
+// Not covered: what user callbacks (qsort comparators, atexit and signal
+// handlers) and NSS or gconv modules do once loaded beyond the calls
+// observed above, and thread cancellation acting inside a cancellation
+// point (that path is listed under pthread_cancel, which a program must
+// import to cancel a thread).
 
 // libcUnion merges sets of system call names into one sorted list
 // without duplicates.
@@ -666,6 +674,7 @@ func libcSyscalls() map[string][]string {
 		"chmod":                  {"chmod"},
 		"fchmod":                 {"fchmod"},
 		"fchmodat":               {"fchmodat2", "fchmodat", "openat", "newfstatat", "chmod", "close"},
+		"lchmod":                 {"fchmodat2", "fchmodat", "openat", "newfstatat", "chmod", "close"},
 		"chown":                  {"chown"},
 		"fchown":                 {"fchown"},
 		"lchown":                 {"lchown"},
@@ -771,6 +780,7 @@ func libcSyscalls() map[string][]string {
 		"process_vm_writev": {"process_vm_writev"},
 
 		// Processes.
+		// fork uses clone, not clone3; the child resets its robust list.
 		"fork":                   u(lock, l("clone", "set_robust_list")),
 		"_Fork":                  {"clone", "set_robust_list"},
 		"vfork":                  {"vfork"},
@@ -782,6 +792,7 @@ func libcSyscalls() map[string][]string {
 		"execle":                 {"execve"},
 		"execlp":                 u(malloc, l("execve")),
 		"fexecve":                {"execveat", "execve", "newfstatat"},
+		"execveat":               {"execveat"},
 		"posix_spawn":            spawn,
 		"posix_spawnp":           spawn,
 		"pidfd_spawn":            spawn,
@@ -973,7 +984,6 @@ func libcSyscalls() map[string][]string {
 		"gsignal":         raise,
 		"pause":           {"pause"},
 		"setjmp":          {"rt_sigprocmask"},
-		"sigsetjmp":       {"rt_sigprocmask"},
 		"__sigsetjmp":     {"rt_sigprocmask"},
 		"longjmp":         {"rt_sigprocmask"},
 		"siglongjmp":      {"rt_sigprocmask"},
@@ -1072,11 +1082,13 @@ func libcSyscalls() map[string][]string {
 		"getgrouplist":     nss,
 		"getspnam":         nss,
 		"getspnam_r":       nss,
-		"res_init":         u(dns, readFile),
 		"__res_init":       u(dns, readFile),
-		"res_ninit":        u(dns, readFile),
 		"__res_ninit":      u(dns, readFile),
 		"res_query":        dns,
+		"__res_query":      dns,
+		"__res_search":     dns,
+		"__res_mkquery":    u(dns, readFile),
+		"__res_send":       dns,
 		"res_search":       dns,
 		"res_nquery":       dns,
 		"res_nsearch":      dns,
@@ -1104,98 +1116,104 @@ func libcSyscalls() map[string][]string {
 		"setlogmask":       lock,
 
 		// Threads.
-		"pthread_create":                    thread,
-		"pthread_join":                      u(malloc, l("futex", "munmap", "madvise")),
-		"pthread_tryjoin_np":                u(malloc, l("futex", "munmap", "madvise")),
-		"pthread_timedjoin_np":              u(malloc, l("futex", "munmap", "madvise")),
-		"pthread_clockjoin_np":              u(malloc, l("futex", "munmap", "madvise")),
-		"pthread_detach":                    u(malloc, l("futex", "munmap", "madvise")),
-		"pthread_exit":                      threadExit,
-		"pthread_cancel":                    u(unwind, l("tgkill", "getpid", "gettid", "rt_sigaction", "rt_sigprocmask")),
-		"pthread_testcancel":                threadExit,
-		"pthread_setcancelstate":            threadExit,
-		"pthread_setcanceltype":             threadExit,
-		"pthread_kill":                      {"tgkill", "getpid", "gettid", "rt_sigprocmask", "futex"},
-		"pthread_sigqueue":                  {"rt_tgsigqueueinfo", "getpid", "getuid", "rt_sigprocmask", "futex"},
-		"pthread_mutex_lock":                mutex,
-		"pthread_mutex_trylock":             mutex,
-		"pthread_mutex_timedlock":           mutex,
-		"pthread_mutex_clocklock":           mutex,
-		"pthread_mutex_unlock":              mutex,
-		"pthread_mutex_init":                {"futex", "sched_get_priority_min", "sched_get_priority_max"},
-		"pthread_mutex_consistent":          lock,
-		"pthread_mutex_setprioceiling":      mutex,
-		"pthread_cond_wait":                 mutex,
-		"pthread_cond_timedwait":            mutex,
-		"pthread_cond_clockwait":            mutex,
-		"pthread_cond_signal":               malloc,
-		"pthread_cond_broadcast":            malloc,
-		"pthread_rwlock_rdlock":             lock,
-		"pthread_rwlock_wrlock":             lock,
-		"pthread_rwlock_tryrdlock":          lock,
-		"pthread_rwlock_trywrlock":          lock,
-		"pthread_rwlock_timedrdlock":        lock,
-		"pthread_rwlock_timedwrlock":        lock,
-		"pthread_rwlock_clockrdlock":        lock,
-		"pthread_rwlock_clockwrlock":        lock,
-		"pthread_rwlock_unlock":             lock,
-		"pthread_barrier_wait":              lock,
-		"pthread_barrier_destroy":           lock,
-		"pthread_once":                      lock,
-		"call_once":                         lock,
-		"sem_wait":                          lock,
-		"sem_timedwait":                     lock,
-		"sem_clockwait":                     lock,
-		"sem_trywait":                       lock,
-		"sem_post":                          lock,
-		"pthread_setspecific":               malloc,
-		"pthread_key_delete":                lock,
-		"pthread_getattr_np":                u(malloc, readFile, l("prlimit64", "sched_getaffinity")),
-		"pthread_attr_destroy":              malloc,
-		"pthread_attr_setaffinity_np":       malloc,
-		"pthread_attr_setsigmask_np":        malloc,
-		"pthread_getaffinity_np":            {"sched_getaffinity"},
-		"pthread_setaffinity_np":            {"sched_setaffinity"},
-		"pthread_setschedparam":             u(mutex, l("sched_setscheduler", "sched_setparam")),
-		"pthread_getschedparam":             {"sched_getparam", "sched_getscheduler", "futex"},
-		"pthread_setschedprio":              u(mutex, l("sched_setparam")),
-		"pthread_setname_np":                u(sprintf, l("prctl", "openat", "write", "close")),
-		"pthread_getname_np":                u(sprintf, l("prctl", "openat", "read", "close")),
-		"pthread_getcpuclockid":             {"clock_getres"},
-		"pthread_yield":                     {"sched_yield"},
-		"thrd_create":                       thread,
-		"thrd_join":                         u(malloc, l("futex", "munmap", "madvise")),
-		"thrd_detach":                       u(malloc, l("futex", "munmap", "madvise")),
-		"thrd_exit":                         threadExit,
-		"thrd_sleep":                        {"clock_nanosleep"},
-		"thrd_yield":                        {"sched_yield"},
-		"mtx_lock":                          mutex,
-		"mtx_unlock":                        mutex,
-		"mtx_timedlock":                     mutex,
-		"mtx_trylock":                       mutex,
-		"cnd_wait":                          mutex,
-		"cnd_timedwait":                     mutex,
-		"cnd_signal":                        lock,
-		"cnd_broadcast":                     lock,
-		"tss_set":                           malloc,
-		"mtx_init":                          {"futex", "sched_get_priority_min", "sched_get_priority_max"},
-		"cnd_destroy":                       u(malloc, lock),
-		"pthread_cond_destroy":              u(malloc, lock),
-		"pthread_attr_getstacksize":         lock,
-		"pthread_attr_setschedparam":        {"sched_get_priority_min", "sched_get_priority_max"},
-		"pthread_getattr_default_np":        u(malloc, lock),
-		"pthread_setattr_default_np":        u(malloc, lock, l("sched_get_priority_min", "sched_get_priority_max")),
-		"posix_spawn_file_actions_init":     malloc,
-		"posix_spawn_file_actions_destroy":  malloc,
-		"posix_spawn_file_actions_addopen":  u(malloc, l("prlimit64")),
-		"posix_spawn_file_actions_addclose": u(malloc, l("prlimit64")),
-		"posix_spawn_file_actions_adddup2":  u(malloc, l("prlimit64")),
-		"dlinfo":                            u(malloc, lock),
-		"ecvt_r":                            sprintf,
-		"fcvt_r":                            sprintf,
-		"ecvt":                              sprintf,
-		"fcvt":                              sprintf,
-		"gcvt":                              sprintf,
+		"pthread_create":                           thread,
+		"pthread_join":                             u(malloc, l("futex", "munmap", "madvise")),
+		"pthread_tryjoin_np":                       u(malloc, l("futex", "munmap", "madvise")),
+		"pthread_timedjoin_np":                     u(malloc, l("futex", "munmap", "madvise")),
+		"pthread_clockjoin_np":                     u(malloc, l("futex", "munmap", "madvise")),
+		"pthread_detach":                           u(malloc, l("futex", "munmap", "madvise")),
+		"pthread_exit":                             threadExit,
+		"pthread_cancel":                           u(unwind, l("tgkill", "getpid", "gettid", "rt_sigaction", "rt_sigprocmask")),
+		"pthread_testcancel":                       threadExit,
+		"pthread_setcancelstate":                   threadExit,
+		"pthread_setcanceltype":                    threadExit,
+		"pthread_kill":                             {"tgkill", "getpid", "gettid", "rt_sigprocmask", "futex"},
+		"pthread_sigqueue":                         {"rt_tgsigqueueinfo", "getpid", "getuid", "rt_sigprocmask", "futex"},
+		"pthread_mutex_lock":                       mutex,
+		"pthread_mutex_trylock":                    mutex,
+		"pthread_mutex_timedlock":                  mutex,
+		"pthread_mutex_clocklock":                  mutex,
+		"pthread_mutex_unlock":                     mutex,
+		"pthread_mutex_init":                       {"futex", "sched_get_priority_min", "sched_get_priority_max"},
+		"pthread_mutex_consistent":                 lock,
+		"pthread_mutex_setprioceiling":             mutex,
+		"pthread_cond_wait":                        mutex,
+		"pthread_cond_timedwait":                   mutex,
+		"pthread_cond_clockwait":                   mutex,
+		"pthread_cond_signal":                      malloc,
+		"pthread_cond_broadcast":                   malloc,
+		"pthread_rwlock_rdlock":                    lock,
+		"pthread_rwlock_wrlock":                    lock,
+		"pthread_rwlock_tryrdlock":                 lock,
+		"pthread_rwlock_trywrlock":                 lock,
+		"pthread_rwlock_timedrdlock":               lock,
+		"pthread_rwlock_timedwrlock":               lock,
+		"pthread_rwlock_clockrdlock":               lock,
+		"pthread_rwlock_clockwrlock":               lock,
+		"pthread_rwlock_unlock":                    lock,
+		"pthread_barrier_wait":                     lock,
+		"pthread_barrier_destroy":                  lock,
+		"pthread_once":                             lock,
+		"call_once":                                lock,
+		"sem_wait":                                 lock,
+		"sem_timedwait":                            lock,
+		"sem_clockwait":                            lock,
+		"sem_trywait":                              lock,
+		"sem_post":                                 lock,
+		"pthread_setspecific":                      malloc,
+		"pthread_key_delete":                       lock,
+		"pthread_getattr_np":                       u(malloc, readFile, l("prlimit64", "sched_getaffinity")),
+		"pthread_attr_destroy":                     malloc,
+		"pthread_attr_setaffinity_np":              malloc,
+		"pthread_attr_setsigmask_np":               malloc,
+		"pthread_getaffinity_np":                   {"sched_getaffinity"},
+		"pthread_setaffinity_np":                   {"sched_setaffinity"},
+		"pthread_setschedparam":                    u(mutex, l("sched_setscheduler", "sched_setparam")),
+		"pthread_getschedparam":                    {"sched_getparam", "sched_getscheduler", "futex"},
+		"pthread_setschedprio":                     u(mutex, l("sched_setparam")),
+		"pthread_setname_np":                       u(sprintf, l("prctl", "openat", "write", "close")),
+		"pthread_getname_np":                       u(sprintf, l("prctl", "openat", "read", "close")),
+		"pthread_getcpuclockid":                    {"clock_getres"},
+		"pthread_yield":                            {"sched_yield"},
+		"thrd_create":                              thread,
+		"thrd_join":                                u(malloc, l("futex", "munmap", "madvise")),
+		"thrd_detach":                              u(malloc, l("futex", "munmap", "madvise")),
+		"thrd_exit":                                threadExit,
+		"thrd_sleep":                               {"clock_nanosleep"},
+		"thrd_yield":                               {"sched_yield"},
+		"mtx_lock":                                 mutex,
+		"mtx_unlock":                               mutex,
+		"mtx_timedlock":                            mutex,
+		"mtx_trylock":                              mutex,
+		"cnd_wait":                                 mutex,
+		"cnd_timedwait":                            mutex,
+		"cnd_signal":                               lock,
+		"cnd_broadcast":                            lock,
+		"tss_set":                                  malloc,
+		"mtx_init":                                 {"futex", "sched_get_priority_min", "sched_get_priority_max"},
+		"cnd_destroy":                              u(malloc, lock),
+		"pthread_cond_destroy":                     u(malloc, lock),
+		"pthread_attr_getstacksize":                lock,
+		"pthread_attr_setschedparam":               {"sched_get_priority_min", "sched_get_priority_max"},
+		"pthread_getattr_default_np":               u(malloc, lock),
+		"pthread_setattr_default_np":               u(malloc, lock, l("sched_get_priority_min", "sched_get_priority_max")),
+		"posix_spawn_file_actions_init":            malloc,
+		"posix_spawn_file_actions_destroy":         malloc,
+		"posix_spawn_file_actions_addopen":         u(malloc, l("prlimit64")),
+		"posix_spawn_file_actions_addclose":        u(malloc, l("prlimit64")),
+		"posix_spawn_file_actions_adddup2":         u(malloc, l("prlimit64")),
+		"posix_spawn_file_actions_addchdir_np":     malloc,
+		"posix_spawn_file_actions_addfchdir_np":    u(malloc, l("prlimit64")),
+		"posix_spawn_file_actions_addchdir":        malloc,
+		"posix_spawn_file_actions_addfchdir":       u(malloc, l("prlimit64")),
+		"posix_spawn_file_actions_addclosefrom_np": u(malloc, l("prlimit64")),
+		"posix_spawn_file_actions_addtcsetpgrp_np": u(malloc, l("prlimit64")),
+		"dlinfo": u(malloc, lock),
+		"ecvt_r": sprintf,
+		"fcvt_r": sprintf,
+		"ecvt":   sprintf,
+		"fcvt":   sprintf,
+		"gcvt":   sprintf,
 	}
 	for fn, names := range m {
 		m[fn] = libcUnion(names)
@@ -1310,6 +1328,9 @@ func libcPure() map[string]bool {
 		// Terminal attribute structures.
 		"cfmakeraw", "cfgetispeed", "cfgetospeed", "cfsetispeed", "cfsetospeed",
 		"cfsetspeed",
+		// Character set conversion once the converter is open (built-in or
+		// gconv module code, no I/O).
+		"iconv",
 		// Spawn attributes.
 		"posix_spawnattr_init", "posix_spawnattr_destroy", "posix_spawnattr_setflags",
 		"posix_spawnattr_getflags", "posix_spawnattr_setsigmask", "posix_spawnattr_setsigdefault",
