@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzQueuePop -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzTransport -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/blk/
+	$(GO) test -run='^$$' -fuzz=FuzzPacket -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/vsock/
 
 bench: setup build
 	$(BIN)/kindling-bench
