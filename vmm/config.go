@@ -22,6 +22,8 @@ type Config struct {
 	MemoryMiB uint64 `json:"memory_mib"`
 	VCPUs     int    `json:"vcpus"`
 	Disks     []Disk `json:"disks,omitempty"`
+	// Vsock, when set, gives the guest a virtio-vsock device.
+	Vsock *Vsock `json:"vsock,omitempty"`
 	// Console is where the serial console goes: "stdout" (the default),
 	// "none", or a file path.
 	Console string `json:"console,omitempty"`
@@ -31,6 +33,24 @@ type Config struct {
 type Disk struct {
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// Vsock is a virtio-vsock device whose host side is Unix sockets:
+// host processes connect to Path and write "CONNECT <port>\n"; guest
+// connections to the host's port P go to Path_P.
+type Vsock struct {
+	GuestCID uint64 `json:"guest_cid"`
+	Path     string `json:"uds_path"`
+}
+
+// ParseVsock parses the command-line form CID:PATH.
+func ParseVsock(s string) (*Vsock, error) {
+	cid, path, ok := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(cid, 10, 32)
+	if !ok || err != nil || path == "" {
+		return nil, fmt.Errorf("vsock %q: want GUEST_CID:SOCKET_PATH, e.g. 3:/run/vm1.vsock", s)
+	}
+	return &Vsock{GuestCID: n, Path: path}, nil
 }
 
 // ParseDisk parses the command-line form of a disk, FILE or FILE:ro.
@@ -62,6 +82,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Disks) > MaxDisks {
 		return fmt.Errorf("%d disks, at most %d", len(c.Disks), MaxDisks)
+	}
+	if c.Vsock != nil && (c.Vsock.GuestCID < 3 || c.Vsock.GuestCID > 0xffffffff || c.Vsock.Path == "") {
+		return fmt.Errorf("vsock: guest_cid %d and uds_path %q: want a CID from 3 to 4294967295 and a socket path", c.Vsock.GuestCID, c.Vsock.Path)
 	}
 	if c.Kernel == "" && (c.Initrd != "" || c.Cmdline != "") {
 		return fmt.Errorf("initrd or cmdline given without a kernel")

@@ -40,6 +40,8 @@ func TestValidate(t *testing.T) {
 		{Config{MemoryMiB: 64, VCPUs: 255}, "vcpus 255"},
 		{Config{MemoryMiB: 64, VCPUs: 1, Initrd: "x"}, "without a kernel"},
 		{Config{MemoryMiB: 64, VCPUs: 1, Disks: make([]Disk, MaxDisks+1)}, "disks"},
+		{Config{MemoryMiB: 64, VCPUs: 1, Vsock: &Vsock{GuestCID: 2, Path: "/x"}}, "guest_cid 2"},
+		{Config{MemoryMiB: 64, VCPUs: 1, Vsock: &Vsock{GuestCID: 3}}, "socket path"},
 	} {
 		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want an error with %q", tc.cfg, err, tc.want)
@@ -56,5 +58,17 @@ func TestParseDisk(t *testing.T) {
 	}
 	if d := ParseDisk("/a/disk.img"); d.Path != "/a/disk.img" || d.ReadOnly {
 		t.Fatalf("%+v", d)
+	}
+}
+
+func TestParseVsock(t *testing.T) {
+	v, err := ParseVsock("3:/run/a.sock")
+	if err != nil || v.GuestCID != 3 || v.Path != "/run/a.sock" {
+		t.Fatalf("%+v %v", v, err)
+	}
+	for _, bad := range []string{"", "3", "x:/a", "3:", "99999999999:/a"} {
+		if _, err := ParseVsock(bad); err == nil || !strings.Contains(err.Error(), "GUEST_CID:SOCKET_PATH") {
+			t.Errorf("%q: %v", bad, err)
+		}
 	}
 }

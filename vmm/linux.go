@@ -11,7 +11,7 @@ import (
 // announce the VM's virtio-mmio devices.
 func (m *Machine) kernelCmdline() string {
 	args := []string{strings.TrimSpace(m.cfg.Cmdline)}
-	for _, d := range m.disks {
+	for _, d := range m.virtioSlots() {
 		args = append(args, d.cmdlineArg())
 	}
 	return strings.TrimSpace(strings.Join(args, " "))

@@ -73,6 +73,7 @@ type Machine struct {
 	serial    *legacy.Serial
 	console   io.Closer // owned console file, if any
 	disks     []*virtioSlot
+	vsock     *virtioSlot // nil without a vsock device
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -424,7 +425,7 @@ func (m *Machine) Close() error {
 		v.Close()
 	}
 	m.vcpus = nil
-	for _, d := range m.disks {
+	for _, d := range m.virtioSlots() {
 		d.close()
 	}
 	if m.vm != nil {

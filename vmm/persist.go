@@ -40,6 +40,10 @@ type VMState struct {
 type DeviceState struct {
 	Serial legacy.SerialState
 	Disks  []DiskState
+	// Vsock is the vsock device's transport. Its connections are not
+	// saved: their host ends belong to other processes. A restored guest
+	// is told with a transport-reset event.
+	Vsock *virtio.TransportState `json:",omitempty"`
 }
 
 // DiskState is one virtio-blk device: its transport and the device.
@@ -237,6 +241,10 @@ func (m *Machine) saveDevices() DeviceState {
 	for _, d := range m.disks {
 		st.Disks = append(st.Disks, DiskState{Transport: d.transport.Save(), Block: d.block.Save()})
 	}
+	if m.vsock != nil {
+		ts := m.vsock.transport.Save()
+		st.Vsock = &ts
+	}
 	return st
 }
 
@@ -251,6 +259,17 @@ func (m *Machine) restoreDevices(st DeviceState) error {
 		}
 		if err := d.transport.Restore(st.Disks[i].Transport); err != nil {
 			return fmt.Errorf("disk %d: %w", i, err)
+		}
+	}
+	if (st.Vsock != nil) != (m.vsock != nil) {
+		return fmt.Errorf("snapshot and VM disagree on having a vsock device")
+	}
+	if m.vsock != nil {
+		if err := m.vsock.transport.Restore(*st.Vsock); err != nil {
+			return fmt.Errorf("vsock: %w", err)
+		}
+		if err := m.vsock.vsock.TransportReset(); err != nil {
+			return fmt.Errorf("vsock: %w", err)
 		}
 	}
 	return nil

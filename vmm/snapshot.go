@@ -225,6 +225,9 @@ type RestoreOverrides struct {
 	Disks []Disk
 	// Console, when set, replaces the console setting.
 	Console string
+	// VsockPath, when set, replaces the vsock device's Unix socket path
+	// (the snapshotted VM may still hold the old one).
+	VsockPath string
 	// Prefetch populates the snapshot's recorded working set (if it has
 	// one) before the VM runs, instead of faulting each page in.
 	Prefetch bool
@@ -248,6 +251,14 @@ func Restore(dir string, ov RestoreOverrides, opt Options) (*Machine, error) {
 	}
 	if ov.Console != "" {
 		cfg.Console = ov.Console
+	}
+	if ov.VsockPath != "" {
+		if cfg.Vsock == nil {
+			return nil, fmt.Errorf("restore %s: a vsock path override for a VM without vsock", dir)
+		}
+		v := *cfg.Vsock
+		v.Path = ov.VsockPath
+		cfg.Vsock = &v
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", dir, err)

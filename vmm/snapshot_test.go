@@ -2,6 +2,9 @@ package vmm
 
 import (
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -430,6 +433,65 @@ func TestRestoreWithMovedDisk(t *testing.T) {
 	if got := r.Config().Disks[0].Path; got != moved {
 		t.Fatalf("restored VM uses %s", got)
 	}
+	if exit := runToExit(t, r, 60*time.Second); exit.Kind != ExitGuestReset {
+		t.Fatalf("restored VM: %v", exit)
+	}
+}
+
+// A VM with a vsock device announces it after its disks, serves its Unix
+// socket, and restores with the socket moved (the original VM still holds
+// its path); the restored device starts with no connections.
+func TestVsockDeviceWiringAndRestore(t *testing.T) {
+	requireKVM(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "v.sock")
+	m, err := New(Config{MemoryMiB: 8, VCPUs: 1, Disks: []Disk{{Path: disk}}, Vsock: &Vsock{GuestCID: 3, Path: sock}}, Options{Console: &syncBuffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got, want := m.kernelCmdline(), "virtio_mmio.device=4K@0xd0001000:6"; !strings.Contains(got, want) {
+		t.Fatalf("command line %q lacks the vsock device %q", got, want)
+	}
+	// No guest driver yet: a host connect is refused with a reason.
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "CONNECT 52\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	reply, _ := io.ReadAll(c)
+	c.Close()
+	if !strings.Contains(string(reply), "driver is not running") {
+		t.Fatalf("reply %q", reply)
+	}
+	startXorshift(t, m, 1)
+	m.Start()
+	m.Pause()
+	snap := filepath.Join(dir, "snap")
+	if _, err := m.Snapshot(snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Restore(snap, RestoreOverrides{}, Options{}); err == nil || !strings.Contains(err.Error(), "v.sock") {
+		t.Fatalf("restore onto the live VM's socket: %v", err)
+	}
+	moved := filepath.Join(dir, "v2.sock")
+	r, err := Restore(snap, RestoreOverrides{VsockPath: moved}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Config().Vsock.Path != moved || r.Config().Vsock.GuestCID != 3 {
+		t.Fatalf("restored vsock %+v", r.Config().Vsock)
+	}
+	if _, err := os.Stat(moved); err != nil {
+		t.Fatalf("restored VM does not serve %s: %v", moved, err)
+	}
+	m.Stop()
 	if exit := runToExit(t, r, 60*time.Second); exit.Kind != ExitGuestReset {
 		t.Fatalf("restored VM: %v", exit)
 	}

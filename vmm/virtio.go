@@ -6,6 +6,7 @@ import (
 
 	"github.com/kindlingvm/kindling/vmm/devices/virtio"
 	"github.com/kindlingvm/kindling/vmm/devices/virtio/blk"
+	"github.com/kindlingvm/kindling/vmm/devices/virtio/vsock"
 )
 
 // virtio-mmio placement: one 4 KiB window per device from VirtioMMIOBase,
@@ -26,7 +27,8 @@ type virtioSlot struct {
 	irq       uint32
 	transport *virtio.Transport
 	block     *blk.Block
-	closer    io.Closer // the device's backing file
+	vsock     *vsock.Device
+	closer    io.Closer // the device's backing file or socket
 }
 
 func (d *virtioSlot) close() {
@@ -41,8 +43,12 @@ func (d *virtioSlot) cmdlineArg() string {
 }
 
 func (m *Machine) setupVirtio() error {
-	if len(m.cfg.Disks) > virtioMaxDevice {
-		return fmt.Errorf("%d virtio devices, at most %d", len(m.cfg.Disks), virtioMaxDevice)
+	n := len(m.cfg.Disks)
+	if m.cfg.Vsock != nil {
+		n++
+	}
+	if n > virtioMaxDevice {
+		return fmt.Errorf("%d virtio devices, at most %d", n, virtioMaxDevice)
 	}
 	for i, d := range m.cfg.Disks {
 		dev, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly})
@@ -59,5 +65,31 @@ func (m *Machine) setupVirtio() error {
 			return err
 		}
 	}
+	if v := m.cfg.Vsock; v != nil {
+		// After the disks, so disk slots (and their IRQs) do not move.
+		i := len(m.cfg.Disks)
+		dev, err := vsock.New(vsock.Options{GuestCID: v.GuestCID, Path: v.Path})
+		if err != nil {
+			return err
+		}
+		slot := &virtioSlot{name: "virtio-vsock", base: VirtioMMIOBase + uint64(i)*virtio.WindowSize,
+			irq: uint32(virtioFirstIRQ + i), vsock: dev, closer: dev}
+		m.vsock = slot
+		if slot.transport, err = virtio.NewTransport(m.mem, dev, &irqLine{vm: m.vm, gsi: slot.irq}); err != nil {
+			return fmt.Errorf("vsock: %w", err)
+		}
+		if err := m.mmio.Insert(slot.name, slot.base, virtio.WindowSize, slot.transport); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// virtioSlots are every virtio device, in bus order.
+func (m *Machine) virtioSlots() []*virtioSlot {
+	out := append([]*virtioSlot(nil), m.disks...)
+	if m.vsock != nil {
+		out = append(out, m.vsock)
+	}
+	return out
 }

@@ -17,7 +17,7 @@ import (
 )
 
 const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id NAME]
-       kindling-vmm --restore DIR --api-sock PATH [--console C] [--disk F]... [--prefetch] [--start]
+       kindling-vmm --restore DIR --api-sock PATH [--console C] [--disk F]... [--vsock-path P] [--prefetch] [--start]
 
 Runs one microVM. The VM is created from the JSON config (kernel, initrd,
 cmdline, memory_mib, vcpus, disks, console), or restored from a snapshot
@@ -44,6 +44,7 @@ func main() {
 	prefetch := fs.Bool("prefetch", false, "with --restore: populate the snapshot's recorded working set before the VM runs")
 	var disks diskList
 	fs.Var(&disks, "disk", "with --restore: host `path` of the snapshot's next disk (repeat once per disk, in order; FILE:ro for read-only)")
+	vsockPath := fs.String("vsock-path", "", "with --restore: Unix socket `path` for the snapshot's vsock device, overriding its own")
 	sock := fs.String("api-sock", "", "control socket `path`")
 	start := fs.Bool("start", false, "boot at once instead of waiting for PUT /vm/start")
 	id := fs.String("id", "", "VM `name` used in logs")
@@ -63,7 +64,7 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	create := func() (*vmm.Machine, error) {
 		if *restore != "" {
-			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console, Prefetch: *prefetch, Disks: disks}, vmm.Options{Logger: log, ID: *id})
+			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console, Prefetch: *prefetch, Disks: disks, VsockPath: *vsockPath}, vmm.Options{Logger: log, ID: *id})
 		}
 		cfg, err := vmm.LoadConfig(*cfgPath)
 		if err != nil {

@@ -17,7 +17,7 @@ import (
 )
 
 const vmUsage = `usage: kindling vm run --kernel FILE [flags]
-       kindling vm restore --from DIR [--prefetch] [--disk F[:ro]]... [--console C] [--timeout D]
+       kindling vm restore --from DIR [--prefetch] [--disk F[:ro]]... [--vsock-path P] [--console C] [--timeout D]
        kindling vm snapshot --api-sock PATH --dir DIR [--diff] [--resume]
        kindling vm workingset --api-sock PATH --dir DIR
        kindling vm status|pause|resume|stop|metrics --api-sock PATH
@@ -72,7 +72,7 @@ func (d *diskFlags) Set(v string) error {
 func vmRun(args []string) error {
 	fs := flag.NewFlagSet("kindling vm run", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: kindling vm run --kernel FILE [--initrd FILE] [--cmdline ARGS] [--mem SIZE] [--vcpus N] [--disk FILE[:ro]]...\n\n")
+		fmt.Fprint(fs.Output(), "usage: kindling vm run --kernel FILE [--initrd FILE] [--cmdline ARGS] [--mem SIZE] [--vcpus N] [--disk FILE[:ro]]... [--vsock CID:PATH]\n\n")
 		fs.PrintDefaults()
 	}
 	kernel := fs.String("kernel", "", "kernel `file`: a bzImage, or an ELF vmlinux with a PVH entry note")
@@ -82,6 +82,7 @@ func vmRun(args []string) error {
 	vcpus := fs.Int("vcpus", 1, "number of vCPUs")
 	var disks diskFlags
 	fs.Var(&disks, "disk", "virtio-blk disk backed by `FILE`; FILE:ro for read-only (repeatable)")
+	vsockFlag := fs.String("vsock", "", "virtio-vsock device `CID:PATH`: host processes connect to PATH and write \"CONNECT <port>\\n\"; guest connections to host port P reach PATH_P")
 	rf := addRunFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -98,6 +99,11 @@ func vmRun(args []string) error {
 	}
 	cfg := vmm.Config{Kernel: *kernel, Initrd: *initrd, Cmdline: *cmdline, MemoryMiB: memMiB,
 		VCPUs: *vcpus, Disks: disks, Console: *rf.console}
+	if *vsockFlag != "" {
+		if cfg.Vsock, err = vmm.ParseVsock(*vsockFlag); err != nil {
+			return badInput(err)
+		}
+	}
 	if err := vmm.Check(cfg); err != nil {
 		return badInput(err)
 	}
@@ -161,6 +167,7 @@ func vmRestore(args []string) error {
 	prefetch := fs.Bool("prefetch", false, "map the snapshot's recorded working set in before the guest runs")
 	var disks diskFlags
 	fs.Var(&disks, "disk", "host `FILE` for the snapshot's next disk, overriding its path (repeat per disk, in order)")
+	vsockPath := fs.String("vsock-path", "", "Unix socket `path` for the snapshot's vsock device (the original VM may still hold its own)")
 	rf := addRunFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -168,7 +175,11 @@ func vmRestore(args []string) error {
 	if *from == "" {
 		return badInput(fmt.Errorf("vm restore: --from is required"))
 	}
-	return launchAndWait(vmm.Config{Console: *rf.console, Disks: disks}, launch.Options{ID: *rf.id, Stdout: os.Stdout, Restore: *from, Prefetch: *prefetch}, *rf.verbose, *rf.timeout)
+	var vs *vmm.Vsock
+	if *vsockPath != "" {
+		vs = &vmm.Vsock{Path: *vsockPath}
+	}
+	return launchAndWait(vmm.Config{Console: *rf.console, Disks: disks, Vsock: vs}, launch.Options{ID: *rf.id, Stdout: os.Stdout, Restore: *from, Prefetch: *prefetch}, *rf.verbose, *rf.timeout)
 }
 
 func vmSnapshot(args []string) error {

@@ -48,7 +48,7 @@ type Options struct {
 	Stderr io.Writer // the VMM's logs and errors
 	Start  bool      // pass --start: boot without an API call
 	// Restore, when set, restores this snapshot directory instead of
-	// booting the config; the config's Console and Disks are passed as
+	// booting the config; the config's Console, Disks and Vsock.Path are passed as
 	// overrides of the snapshot's host-specific settings.
 	Restore string
 	// Prefetch, with Restore, populates the snapshot's working set first.
@@ -110,6 +110,9 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 				p += ":ro"
 			}
 			args = append(args, "--disk", p)
+		}
+		if cfg.Vsock != nil && cfg.Vsock.Path != "" {
+			args = append(args, "--vsock-path", cfg.Vsock.Path)
 		}
 	}
 	if opt.ID != "" {

@@ -26,10 +26,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kindlingvm/kindling/vmm/devices/virtio"
@@ -75,16 +77,20 @@ type Device struct {
 	path string
 	ln   *net.UnixListener
 
-	mu       sync.Mutex
-	mem      *memory.Memory
-	rx, tx   *virtio.Queue
-	signal   virtio.SignalFunc
-	conns    map[connKey]*conn
-	ctrl     []header // control packets waiting for a receive buffer
-	nextPort uint32
-	failed   error // the driver broke the queue rules; the device is stopped
-	closed   bool
-	wg       sync.WaitGroup
+	mu     sync.Mutex
+	mem    *memory.Memory
+	rx, tx *virtio.Queue
+	ev     *virtio.Queue
+	// resetPending: a transport-reset event is owed to the guest and waits
+	// for an event buffer.
+	resetPending bool
+	signal       virtio.SignalFunc
+	conns        map[connKey]*conn
+	ctrl         []header // control packets waiting for a receive buffer
+	nextPort     uint32
+	failed       error // the driver broke the queue rules; the device is stopped
+	closed       bool
+	wg           sync.WaitGroup
 }
 
 type connKey struct{ hostPort, guestPort uint32 }
@@ -155,13 +161,32 @@ func New(opts Options) (*Device, error) {
 		return nil, errors.New("vsock: no Unix socket path")
 	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: opts.Path, Net: "unix"})
+	if errors.Is(err, syscall.EADDRINUSE) && stale(opts.Path) {
+		// Left behind by a VMM that died: nobody answers on it.
+		os.Remove(opts.Path)
+		ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: opts.Path, Net: "unix"})
+	}
 	if err != nil {
-		return nil, fmt.Errorf("vsock: listen on %s: %w", opts.Path, err)
+		return nil, fmt.Errorf("vsock: listen on %s: %w (another VM's vsock socket? give this one another path)", opts.Path, err)
 	}
 	d := &Device{cid: opts.GuestCID, path: opts.Path, ln: ln, conns: map[connKey]*conn{}, nextPort: firstHostPort}
 	d.wg.Add(1)
 	go d.accept()
 	return d, nil
+}
+
+// stale reports whether path is a Unix socket nobody listens on.
+func stale(path string) bool {
+	st, err := os.Lstat(path)
+	if err != nil || st.Mode()&os.ModeSocket == 0 {
+		return false
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // Close stops listening and closes every connection.
@@ -171,7 +196,7 @@ func (d *Device) Close() error {
 	for _, c := range d.conns {
 		d.dropLocked(c)
 	}
-	d.mem, d.rx, d.tx, d.signal = nil, nil, nil, nil // no goroutine touches guest memory after Close
+	d.mem, d.rx, d.tx, d.ev, d.signal = nil, nil, nil, nil, nil // no goroutine touches guest memory after Close
 	d.mu.Unlock()
 	err := d.ln.Close()
 	d.wg.Wait()
@@ -201,8 +226,41 @@ func (d *Device) Activate(mem *memory.Memory, queues []*virtio.Queue, _ uint64, 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.mem, d.rx, d.tx, d.signal, d.failed = mem, queues[rxQueue], queues[txQueue], signal, nil
+	d.mem, d.rx, d.tx, d.ev, d.signal, d.failed = mem, queues[rxQueue], queues[txQueue], queues[eventQueue], signal, nil
 	return nil
+}
+
+// TransportReset tells the guest that every connection it had is gone
+// (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, 5.10.6.7): what a restored VM must
+// hear, since the host ends of its connections did not survive the
+// snapshot. The event goes out when the guest has an event buffer posted.
+func (d *Device) TransportReset() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.resetPending = true
+	return d.sendEventLocked()
+}
+
+func (d *Device) sendEventLocked() error {
+	if !d.resetPending || d.mem == nil || d.ev == nil || !d.ev.Ready || d.failed != nil {
+		return d.failed
+	}
+	ch, err := d.ev.Pop(d.mem)
+	if err != nil {
+		d.failed = fmt.Errorf("virtio-vsock event: %w", err)
+		return d.failed
+	}
+	if ch == nil {
+		return nil
+	}
+	var ev [4]byte // le32 id; VIRTIO_VSOCK_EVENT_TRANSPORT_RESET is 0
+	n, _ := ch.Writer(d.mem).Write(ev[:])
+	if err := d.ev.Push(d.mem, ch.Head, uint32(n)); err != nil {
+		d.failed = fmt.Errorf("virtio-vsock event: %w", err)
+		return d.failed
+	}
+	d.resetPending = false
+	return d.signal(eventQueue)
 }
 
 // Notify processes the driver's kick of any queue: new packets to send,
@@ -211,7 +269,7 @@ func (d *Device) Notify(queue int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if queue == eventQueue {
-		return nil
+		return d.sendEventLocked()
 	}
 	d.processLocked()
 	return d.failed
@@ -225,7 +283,8 @@ func (d *Device) Reset() {
 		d.dropLocked(c)
 	}
 	d.ctrl = nil
-	d.mem, d.rx, d.tx, d.signal = nil, nil, nil, nil
+	d.resetPending = false
+	d.mem, d.rx, d.tx, d.ev, d.signal = nil, nil, nil, nil, nil
 }
 
 // processLocked drains the transmit queue, then fills the receive queue.

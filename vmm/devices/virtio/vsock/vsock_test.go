@@ -370,6 +370,25 @@ func TestBadHandshakes(t *testing.T) {
 	}
 }
 
+// After a restore the guest must hear that its connections are gone; the
+// event waits for an event buffer if none is posted.
+func TestTransportResetEvent(t *testing.T) {
+	g := newGuest(t)
+	if err := g.dev.TransportReset(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.ev.NextUsed(); ok {
+		t.Fatal("event used without a buffer")
+	}
+	b := g.ev.Writable(8)
+	g.ev.Add(b)
+	vt.Kick(g.tr, eventQueue)
+	u := g.ev.MustUsed()
+	if u.Len != 4 || !bytes.Equal(g.ev.Bytes(b.Addr, 4), []byte{0, 0, 0, 0}) {
+		t.Fatalf("event %+v %v", u, g.ev.Bytes(b.Addr, 4))
+	}
+}
+
 func TestNewRejectsBadOptions(t *testing.T) {
 	if _, err := New(Options{GuestCID: 2, Path: filepath.Join(t.TempDir(), "s")}); err == nil || !strings.Contains(err.Error(), "reserved") {
 		t.Errorf("cid 2: %v", err)
@@ -377,6 +396,22 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	if _, err := New(Options{GuestCID: 3, Path: "/nonexistent/dir/s"}); err == nil {
 		t.Error("unlistenable path accepted")
 	}
+	// A live device's socket is refused; a dead one's is taken over.
+	p := filepath.Join(t.TempDir(), "s")
+	d, err := New(Options{GuestCID: 3, Path: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Options{GuestCID: 4, Path: p}); err == nil || !strings.Contains(err.Error(), "another path") {
+		t.Errorf("second device on a live socket: %v", err)
+	}
+	d.ln.SetUnlinkOnClose(false) // die without cleaning up
+	d.Close()
+	d2, err := New(Options{GuestCID: 4, Path: p})
+	if err != nil {
+		t.Fatalf("stale socket not taken over: %v", err)
+	}
+	d2.Close()
 }
 
 // FuzzPacket feeds arbitrary bytes to the device as a guest packet; it must
