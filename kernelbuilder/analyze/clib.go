@@ -15,7 +15,18 @@ import (
 // rather than in RAX.
 func isCWrapper(name string) bool {
 	switch name {
-	case "syscall", "__syscall", "__internal_syscall", "__syscall_cancel", "__internal_syscall_cancel", "__syscall_cancel_arch":
+	case "syscall", "__syscall", "__internal_syscall":
+		return true
+	}
+	return false
+}
+
+// isCancelWrapper: glibc 2.41's cancellable calls go through
+// __syscall_cancel(a1, ..., a6, nr), the number being the seventh argument,
+// on the stack at the call.
+func isCancelWrapper(name string) bool {
+	switch name {
+	case "__syscall_cancel", "__internal_syscall_cancel", "__syscall_cancel_arch":
 		return true
 	}
 	return false
@@ -36,7 +47,7 @@ func isCFamilyFunc(name string) bool {
 func (r *Report) scanC(o *object, direct map[uint64][]int64) error {
 	base := filepath.Base(o.path)
 	return o.segments(func(seg *segment) {
-		if isCWrapper(seg.fn) {
+		if isCWrapper(seg.fn) || isCancelWrapper(seg.fn) {
 			return
 		}
 		famFn := isCFamilyFunc(seg.fn)
@@ -54,6 +65,9 @@ func (r *Report) scanC(o *object, direct map[uint64][]int64) error {
 				case isCWrapper(t):
 					site = Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "call to " + t + "()"}
 					nrs, why = constIn(seg, i, x86asm.RDI)
+				case isCancelWrapper(t):
+					site = Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "call to " + t + "()"}
+					nrs, why = pushedBefore(seg, i)
 				case isCFamilyFunc(t) && !famFn && direct == nil:
 					v, why := constIn(seg, i, x86asm.RDI)
 					r.family(Site{Object: base, Func: seg.fn, Addr: in.pc, Via: "call to " + t + "()"}, v, why)

@@ -301,6 +301,31 @@ func constOnStack(seg *segment, i int, off int64) ([]int64, string) {
 	return nil, fmt.Sprintf("the stack argument is not set in %s (passed in by its callers)", seg.fn)
 }
 
+// pushedBefore finds the constant last pushed before the call at i: the
+// seventh argument of a C call. Anything else that moves RSP in between
+// makes it unresolved.
+func pushedBefore(seg *segment, i int) ([]int64, string) {
+	for j := i - 1; j >= 0; j-- {
+		in := seg.insts[j]
+		switch in.Op {
+		case x86asm.PUSH:
+			switch a := in.Args[0].(type) {
+			case x86asm.Imm:
+				return []int64{int64(a)}, ""
+			case x86asm.Reg:
+				return constIn(seg, j, a)
+			}
+			return nil, fmt.Sprintf("the seventh argument is pushed from memory at %#x", in.pc)
+		case x86asm.CALL, x86asm.JMP, x86asm.RET, x86asm.POP, x86asm.LEAVE:
+			return nil, fmt.Sprintf("no push of the seventh argument before %#x", seg.insts[i].pc)
+		}
+		if writesReg(in, x86asm.RSP) {
+			return nil, fmt.Sprintf("RSP moves at %#x before the seventh argument is found", in.pc)
+		}
+	}
+	return nil, "no push of the seventh argument in " + seg.fn
+}
+
 // implicitlyWrites covers instructions that write registers they do not
 // name as their destination.
 func implicitlyWrites(in inst, reg x86asm.Reg) bool {

@@ -76,3 +76,20 @@ func TestConstInFollowsPaths(t *testing.T) {
 		})
 	}
 }
+
+func TestPushedSeventhArgument(t *testing.T) {
+	seg := segmentOf(t, "mov $1, %edi\npush $1\nmov $3, %esi\ncall 1f\n1: ret\n")
+	call := 0
+	for i, in := range seg.insts {
+		if in.Op == x86asm.CALL {
+			call = i
+		}
+	}
+	if got, why := pushedBefore(seg, call); why != "" || len(got) != 1 || got[0] != 1 {
+		t.Fatalf("got %v %q, want [1]", got, why)
+	}
+	seg = segmentOf(t, "push $1\nsub $8, %rsp\ncall 1f\n1: ret\n")
+	if _, why := pushedBefore(seg, 2); !strings.Contains(why, "RSP moves") {
+		t.Fatalf("why %q", why)
+	}
+}
