@@ -45,6 +45,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzTransport -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/blk/
 	$(GO) test -run='^$$' -fuzz=FuzzPacket -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/vsock/
+	$(GO) test -run='^$$' -fuzz=FuzzReadFrame -fuzztime=$(FUZZTIME) ./agent/guest/
 
 bench: setup build
 	$(BIN)/kindling-bench

@@ -3,6 +3,7 @@ module github.com/kindlingvm/kindling
 go 1.26.8
 
 require (
+	github.com/aws/aws-lambda-go v1.55.1
 	github.com/bobuhiro11/gokvm v0.0.8-0.20231003020000-f53faca69d28
 	github.com/u-root/u-root v0.16.0
 	golang.org/x/arch v0.32.0

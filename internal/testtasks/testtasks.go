@@ -29,6 +29,7 @@ const (
 	CNoStdlib   = "c-nostdlib"    // no libc: raw write and exit
 	CSockets    = "c-sockets"     // dynamic glibc with TCP and Unix sockets
 	GoHelloBare = "go-hello-bare" // GoHello stripped (-s -w)
+	GoLambda    = "go-lambda"     // an aws-lambda-go handler (echo, error, panic, sleep, exit, big)
 )
 
 // Build compiles task name into dir and returns the binary's path.
@@ -57,6 +58,8 @@ func Build(dir, name string) (string, error) {
 		cmd = goBuild("gohttp", "")
 	case GoEpoll:
 		cmd = goBuild("goepoll", "")
+	case GoLambda:
+		cmd = goBuild("golambda", "")
 	case CStatic:
 		cmd, err = cc(staticWrite, "static_write.c", "-static")
 	case CNoStdlib:

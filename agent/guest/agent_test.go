@@ -1,0 +1,248 @@
+package guest_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/internal/testtasks"
+)
+
+var (
+	lambdaOnce sync.Once
+	lambdaBin  string
+	lambdaErr  error
+)
+
+// handler builds the aws-lambda-go test handler once per run.
+func handler(t *testing.T) string {
+	t.Helper()
+	lambdaOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kindling-agent-")
+		if err != nil {
+			lambdaErr = err
+			return
+		}
+		lambdaBin, lambdaErr = testtasks.Build(dir, testtasks.GoLambda)
+	})
+	if lambdaErr != nil {
+		t.Fatal(lambdaErr)
+	}
+	return lambdaBin
+}
+
+// start runs an agent for the handler over a Unix socket pair, the way
+// kindling-init runs it over vsock, and returns the host's client.
+func start(t *testing.T) (*guest.Client, *guest.Agent) {
+	t.Helper()
+	a, err := guest.New(guest.Config{Task: []string{handler(t)}, RuntimeAddr: "127.0.0.1:0", FunctionName: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- a.Serve(ctx, c)
+		c.Close()
+	}()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		<-served
+	})
+	c := guest.NewClient(conn)
+	select {
+	case <-c.Ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler never asked for an invocation")
+	}
+	return c, a
+}
+
+func invoke(t *testing.T, c *guest.Client, id string, req any, timeout time.Duration) guest.Frame {
+	t.Helper()
+	payload, _ := json.Marshal(req)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
+	defer cancel()
+	f, err := c.Invoke(ctx, id, payload, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.ID != id {
+		t.Fatalf("result for %q, want %q", f.ID, id)
+	}
+	return f
+}
+
+func echo(text string) map[string]any { return map[string]any{"op": "echo", "text": text} }
+
+func wantEcho(t *testing.T, f guest.Frame, text string) {
+	t.Helper()
+	var r struct{ Text string }
+	if f.Type != guest.TypeResponse || json.Unmarshal(f.Body, &r) != nil || r.Text != text {
+		t.Fatalf("got %s %s %.200q, want the echo of %.40q", f.Type, f.ErrorType, f.Body, text)
+	}
+}
+
+func TestSuccessErrorPanicAndLogs(t *testing.T) {
+	c, _ := start(t)
+	wantEcho(t, invoke(t, c, "ok-1", echo("hello"), 10*time.Second), "hello")
+	select {
+	case l := <-c.Logs:
+		if l.Stream != "stdout" || string(l.Body) != "echo 5" {
+			t.Errorf("log %s %q", l.Stream, l.Body)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no log line from the handler's stdout")
+	}
+	f := invoke(t, c, "err-1", map[string]any{"op": "error"}, 10*time.Second)
+	if f.Type != guest.TypeError || !strings.Contains(string(f.Body), "handler says no") {
+		t.Fatalf("handler error: %s %s %s", f.Type, f.ErrorType, f.Body)
+	}
+	f = invoke(t, c, "panic-1", map[string]any{"op": "panic"}, 10*time.Second)
+	if f.Type != guest.TypeError || !strings.Contains(string(f.Body), "handler panicked") {
+		t.Fatalf("panic: %s %s %s", f.Type, f.ErrorType, f.Body)
+	}
+	// The agent (and, if the panic ended it, a restarted handler) serves on.
+	wantEcho(t, invoke(t, c, "ok-2", echo("after"), 10*time.Second), "after")
+}
+
+func TestTimeoutRestartsTheHandler(t *testing.T) {
+	c, _ := start(t)
+	f := invoke(t, c, "slow", map[string]any{"op": "sleep", "ms": 60000}, 300*time.Millisecond)
+	if f.Type != guest.TypeError || f.ErrorType != "Runtime.Timeout" || !strings.Contains(string(f.Body), "timed out after 300ms") {
+		t.Fatalf("timeout: %s %s %s", f.Type, f.ErrorType, f.Body)
+	}
+	wantEcho(t, invoke(t, c, "after-timeout", echo("alive"), 30*time.Second), "alive")
+}
+
+func TestExitIsReportedAndTheHandlerRestarted(t *testing.T) {
+	c, _ := start(t)
+	f := invoke(t, c, "exit", map[string]any{"op": "exit"}, 10*time.Second)
+	if f.Type != guest.TypeError || f.ErrorType != "Runtime.ExitError" || !strings.Contains(string(f.Body), "exit status 3") {
+		t.Fatalf("exit: %s %s %s", f.Type, f.ErrorType, f.Body)
+	}
+	wantEcho(t, invoke(t, c, "after-exit", echo("back"), 30*time.Second), "back")
+}
+
+func TestLargePayloads(t *testing.T) {
+	c, _ := start(t)
+	big := strings.Repeat("k", 6<<20-100) // a 6 MB request, with its JSON
+	wantEcho(t, invoke(t, c, "big-in", echo(big), 30*time.Second), big)
+	f := invoke(t, c, "big-out", map[string]any{"op": "big", "size": 7 << 20}, 30*time.Second)
+	if f.Type != guest.TypeError || f.ErrorType != "Runtime.PayloadTooLarge" {
+		t.Fatalf("7 MB response: %s %s %.200s", f.Type, f.ErrorType, f.Body)
+	}
+	if _, err := c.Invoke(context.Background(), "too-big", make([]byte, 7<<20), time.Second); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("7 MB request: %v", err)
+	}
+	wantEcho(t, invoke(t, c, "after-big", echo("small"), 10*time.Second), "small")
+}
+
+func TestSequentialAndConcurrent(t *testing.T) {
+	c, _ := start(t)
+	for i := 0; i < 100; i++ {
+		text := fmt.Sprintf("seq-%d", i)
+		wantEcho(t, invoke(t, c, text, echo(text), 10*time.Second), text)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("conc-%d", i)
+			payload, _ := json.Marshal(echo(id))
+			f, err := c.Invoke(context.Background(), id, payload, 30*time.Second)
+			if err != nil || f.Type != guest.TypeResponse || !strings.Contains(string(f.Body), id) {
+				errs <- fmt.Sprintf("%s: %v %s %s", id, err, f.Type, f.Body)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// The same ID twice returns the first result and runs once.
+func TestRepeatedIDReturnsTheFirstResult(t *testing.T) {
+	c, _ := start(t)
+	wantEcho(t, invoke(t, c, "same", echo("first"), 10*time.Second), "first")
+	wantEcho(t, invoke(t, c, "same", echo("second"), 10*time.Second), "first")
+}
+
+func TestBadTask(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "task")
+	os.WriteFile(p, []byte("not a program"), 0o644)
+	if _, err := guest.New(guest.Config{Task: []string{p}, RuntimeAddr: "127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), "not executable") {
+		t.Errorf("non-executable task: %v", err)
+	}
+	if _, err := guest.New(guest.Config{Task: []string{filepath.Join(dir, "missing")}, RuntimeAddr: "127.0.0.1:0"}); err == nil {
+		t.Error("missing task accepted")
+	}
+}
+
+// A host that closes mid-response loses that result but nothing else: the
+// agent returns from Serve cleanly.
+func TestHostGoesAway(t *testing.T) {
+	a, err := guest.New(guest.Config{Task: []string{handler(t)}, RuntimeAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	host, agentEnd := net.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(context.Background(), agentEnd) }()
+	c := guest.NewClient(host)
+	go func() {
+		payload, _ := json.Marshal(map[string]any{"op": "sleep", "ms": 200})
+		c.Invoke(context.Background(), "x", payload, 10*time.Second)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	host.Close()
+	select {
+	case err := <-done:
+		if err != nil && !strings.Contains(err.Error(), "closed") {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after the host went away")
+	}
+}
+
+func FuzzReadFrame(f *testing.F) {
+	var b strings.Builder
+	guest.WriteFrame(&b, guest.Frame{Header: guest.Header{Type: guest.TypeInvoke, ID: "a"}, Body: []byte("{}")})
+	f.Add([]byte(b.String()))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		guest.ReadFrame(strings.NewReader(string(data)))
+	})
+}

@@ -1,0 +1,116 @@
+// Package guest is the guest agent: it runs the task, serves it the Lambda
+// Runtime API on 127.0.0.1:9001, and carries invocations between the host
+// and the task over one stream (vsock in a microVM, a Unix socket when the
+// agent runs as a host process: same code). /init duties (mounts, clock,
+// entropy) live in cmd/kindling-init; this package is the part that runs
+// and is tested anywhere.
+package guest
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// MaxPayload bounds a request or response body, as Lambda's 6 MB for
+// synchronous invocations.
+const MaxPayload = 6 << 20
+
+// maxHeader bounds a frame's JSON header.
+const maxHeader = 64 << 10
+
+// Message types.
+const (
+	TypeReady    = "ready"    // agent -> host: the task asked for its first invocation
+	TypeInvoke   = "invoke"   // host -> agent
+	TypeResponse = "response" // agent -> host: the handler's answer
+	TypeError    = "error"    // agent -> host: handler error, crash or timeout
+	TypeLog      = "log"      // agent -> host: a line the task wrote
+)
+
+// Header is a frame's metadata; the body follows it.
+type Header struct {
+	Type string `json:"type"`
+	// ID is the invocation ID, carried on every message about it.
+	ID string `json:"id,omitempty"`
+	// DeadlineMs is the invocation's deadline, Unix milliseconds.
+	DeadlineMs int64 `json:"deadline_ms,omitempty"`
+	// ErrorType classifies an error: the handler's own errorType, or
+	// Kindling's "Runtime.Timeout", "Runtime.ExitError", "Runtime.PayloadTooLarge".
+	ErrorType string `json:"error_type,omitempty"`
+	// Stream names a log line's source: stdout or stderr.
+	Stream string `json:"stream,omitempty"`
+}
+
+// Frame is one message: a header and a body (payload, response, error
+// document or log line).
+type Frame struct {
+	Header
+	Body []byte
+}
+
+// WriteFrame writes f as: u32 header length, header JSON, u32 body length,
+// body (big-endian lengths).
+func WriteFrame(w io.Writer, f Frame) error {
+	if len(f.Body) > MaxPayload {
+		return fmt.Errorf("frame body of %d bytes exceeds %d", len(f.Body), MaxPayload)
+	}
+	h, err := json.Marshal(f.Header)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 0, 8+len(h)+len(f.Body))
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(h)))
+	buf = append(buf, h...)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(f.Body)))
+	buf = append(buf, f.Body...)
+	_, err = w.Write(buf)
+	return err
+}
+
+// ErrFrameTooLarge is a frame whose declared size is over the limits.
+var ErrFrameTooLarge = errors.New("frame too large")
+
+// ReadFrame reads one frame; the lengths come from the peer and are
+// checked before anything is allocated.
+func ReadFrame(r io.Reader) (Frame, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return Frame{}, err
+	}
+	hl := binary.BigEndian.Uint32(n[:])
+	if hl > maxHeader {
+		return Frame{}, fmt.Errorf("%w: header of %d bytes", ErrFrameTooLarge, hl)
+	}
+	h := make([]byte, hl)
+	if _, err := io.ReadFull(r, h); err != nil {
+		return Frame{}, unexpected(err)
+	}
+	var f Frame
+	if err := json.Unmarshal(h, &f.Header); err != nil {
+		return Frame{}, fmt.Errorf("frame header: %w", err)
+	}
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return Frame{}, unexpected(err)
+	}
+	bl := binary.BigEndian.Uint32(n[:])
+	if bl > MaxPayload {
+		return Frame{}, fmt.Errorf("%w: body of %d bytes (limit %d)", ErrFrameTooLarge, bl, MaxPayload)
+	}
+	f.Body = make([]byte, bl)
+	if _, err := io.ReadFull(r, f.Body); err != nil {
+		return Frame{}, unexpected(err)
+	}
+	return f, nil
+}
+
+// unexpected turns EOF inside a frame into ErrUnexpectedEOF: the peer
+// closed mid-message.
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
