@@ -36,7 +36,12 @@ type Config struct {
 	RuntimeAddr string
 	// FunctionName is reported to the task as AWS_LAMBDA_FUNCTION_NAME.
 	FunctionName string
-	Logger       *slog.Logger
+	// OnHello is called with each hello frame (the host's clock and a
+	// fresh entropy seed), sent at every (re)connection: in a restored VM
+	// that is the first thing after the restore. kindling-init sets the
+	// clock and reseeds the kernel's pool; tests record it.
+	OnHello func(Frame) error
+	Logger  *slog.Logger
 }
 
 // Agent serves one task.
@@ -90,7 +95,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: Runtime API on %s: %w", cfg.RuntimeAddr, err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, ln: ln, wake: make(chan struct{}),
-		inflight: map[string]*invocation{}, known: map[string]*invocation{}, out: make(chan Frame, 64), done: make(chan struct{})}
+		inflight: map[string]*invocation{}, known: map[string]*invocation{}, out: make(chan Frame, 1024), done: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /2018-06-01/runtime/invocation/next", a.next)
 	mux.HandleFunc("POST /2018-06-01/runtime/invocation/{id}/response", a.response)
@@ -104,8 +109,9 @@ func New(cfg Config) (*Agent, error) {
 // RuntimeAddr is the Runtime API's address.
 func (a *Agent) RuntimeAddr() string { return a.ln.Addr().String() }
 
-// Serve runs the task and carries invocations over conn until conn closes
-// or ctx ends; then it stops the task.
+// Serve carries invocations over conn until conn closes or ctx ends. Run
+// must be running. Results finished while no connection is attached wait
+// in a buffer, and a host that reconnects can ask again by ID.
 func (a *Agent) Serve(ctx context.Context, conn io.ReadWriter) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -123,7 +129,6 @@ func (a *Agent) Serve(ctx context.Context, conn io.ReadWriter) error {
 			}
 		}
 	}()
-	go a.supervise(ctx)
 	readErr := make(chan error, 1)
 	go func() {
 		for {
@@ -132,11 +137,19 @@ func (a *Agent) Serve(ctx context.Context, conn io.ReadWriter) error {
 				readErr <- err
 				return
 			}
-			if f.Type != TypeInvoke {
+			switch f.Type {
+			case TypeInvoke:
+				a.invoke(f)
+			case TypeHello:
+				if a.cfg.OnHello != nil {
+					if err := a.cfg.OnHello(f); err != nil {
+						a.log.Error("hello", "error", err)
+						a.send(Frame{Header: Header{Type: TypeLog, Stream: "agent"}, Body: []byte("hello: " + err.Error())})
+					}
+				}
+			default:
 				a.log.Warn("unexpected frame from the host", "type", f.Type)
-				continue
 			}
-			a.invoke(f)
 		}
 	}()
 	var err error
@@ -148,20 +161,20 @@ func (a *Agent) Serve(ctx context.Context, conn io.ReadWriter) error {
 	case err = <-writeErr:
 	case <-ctx.Done():
 	}
-	a.mu.Lock()
-	a.stopped = true
-	if a.task != nil && a.task.Process != nil {
-		a.task.Process.Kill()
-	}
-	a.mu.Unlock()
-	close(a.done)
 	return err
 }
+
+// Run runs the task until ctx ends, restarting it whenever it exits.
+// Connections come and go (Serve); the task and its warm state stay.
+func (a *Agent) Run(ctx context.Context) { a.supervise(ctx) }
 
 // Close stops the Runtime API and the task.
 func (a *Agent) Close() error {
 	a.mu.Lock()
-	a.stopped = true
+	if !a.stopped {
+		a.stopped = true
+		close(a.done)
+	}
 	if a.task != nil && a.task.Process != nil {
 		a.task.Process.Kill()
 	}

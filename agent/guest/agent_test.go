@@ -43,11 +43,15 @@ func handler(t *testing.T) string {
 // kindling-init runs it over vsock, and returns the host's client.
 func start(t *testing.T) (*guest.Client, *guest.Agent) {
 	t.Helper()
-	a, err := guest.New(guest.Config{Task: []string{handler(t)}, RuntimeAddr: "127.0.0.1:0", FunctionName: "test"})
+	hellos := make(chan guest.Frame, 1)
+	a, err := guest.New(guest.Config{Task: []string{handler(t)}, RuntimeAddr: "127.0.0.1:0", FunctionName: "test",
+		OnHello: func(f guest.Frame) error { hellos <- f; return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
+	runCtx, stop := context.WithCancel(context.Background())
+	go a.Run(runCtx)
+	t.Cleanup(func() { stop(); a.Close() })
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -75,6 +79,17 @@ func start(t *testing.T) (*guest.Client, *guest.Agent) {
 		<-served
 	})
 	c := guest.NewClient(conn)
+	if err := c.Hello([]byte("seed")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case h := <-hellos:
+		if string(h.Body) != "seed" || time.Since(time.Unix(0, h.TimeNs)) > time.Minute {
+			t.Fatalf("hello %+v %q", h.Header, h.Body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not pass the hello on")
+	}
 	select {
 	case <-c.Ready:
 	case <-time.After(30 * time.Second):
@@ -209,31 +224,38 @@ func TestBadTask(t *testing.T) {
 	}
 }
 
-// A host that closes mid-response loses that result but nothing else: the
-// agent returns from Serve cleanly.
-func TestHostGoesAway(t *testing.T) {
+// A host that goes away mid-invocation loses nothing: Serve returns, the
+// task keeps running, and a host that reconnects gets the result by
+// asking for the same ID again (what a restarted kindlingd does).
+func TestHostGoesAwayAndComesBack(t *testing.T) {
 	a, err := guest.New(guest.Config{Task: []string{handler(t)}, RuntimeAddr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
+	ctx, stop := context.WithCancel(context.Background())
+	defer func() { stop(); a.Close() }()
+	go a.Run(ctx)
 	host, agentEnd := net.Pipe()
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(context.Background(), agentEnd) }()
+	go func() { done <- a.Serve(ctx, agentEnd) }()
 	c := guest.NewClient(host)
-	go func() {
-		payload, _ := json.Marshal(map[string]any{"op": "sleep", "ms": 200})
-		c.Invoke(context.Background(), "x", payload, 10*time.Second)
-	}()
+	<-c.Ready
+	payload, _ := json.Marshal(map[string]any{"op": "sleep", "ms": 300})
+	go c.Invoke(context.Background(), "x", payload, 10*time.Second)
 	time.Sleep(100 * time.Millisecond)
 	host.Close()
 	select {
-	case err := <-done:
-		if err != nil && !strings.Contains(err.Error(), "closed") {
-			t.Fatalf("Serve: %v", err)
-		}
+	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after the host went away")
+	}
+	host2, agentEnd2 := net.Pipe()
+	go a.Serve(ctx, agentEnd2)
+	c2 := guest.NewClient(host2)
+	defer host2.Close()
+	f, err := c2.Invoke(context.Background(), "x", payload, 10*time.Second)
+	if err != nil || f.Type != guest.TypeResponse || !strings.Contains(string(f.Body), "slept") {
+		t.Fatalf("result after reconnecting: %v %s %s", err, f.Type, f.Body)
 	}
 }
 

@@ -72,6 +72,15 @@ func (c *Client) read(r io.Reader) {
 	}
 }
 
+// Hello sends the host's clock and a fresh entropy seed; a host sends it
+// on every connection, so a restored guest fixes its clock and stops
+// sharing random state with its siblings before its first invocation.
+func (c *Client) Hello(seed []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return WriteFrame(c.w, Frame{Header: Header{Type: TypeHello, TimeNs: time.Now().UnixNano()}, Body: seed})
+}
+
 // Invoke sends one invocation and waits for its response or error frame.
 // The agent enforces timeout (its deadline); ctx bounds the wait here. An
 // error return means no result came (the channel broke, or ctx ended); a

@@ -23,6 +23,7 @@ const maxHeader = 64 << 10
 
 // Message types.
 const (
+	TypeHello    = "hello"    // host -> agent, on every connection: the time and an entropy seed
 	TypeReady    = "ready"    // agent -> host: the task asked for its first invocation
 	TypeInvoke   = "invoke"   // host -> agent
 	TypeResponse = "response" // agent -> host: the handler's answer
@@ -42,6 +43,8 @@ type Header struct {
 	ErrorType string `json:"error_type,omitempty"`
 	// Stream names a log line's source: stdout or stderr.
 	Stream string `json:"stream,omitempty"`
+	// TimeNs is the host's wall clock in a hello, Unix nanoseconds.
+	TimeNs int64 `json:"time_ns,omitempty"`
 }
 
 // Frame is one message: a header and a body (payload, response, error
