@@ -51,6 +51,10 @@ func TestKernelBadInput(t *testing.T) {
 		{[]string{"kernel", "explain"}, "--for BINARY"},
 		{[]string{"kernel", "build"}, "--for BINARY"},
 		{[]string{"kernel", "build", "--for", script}, "not an ELF file"},
+		{[]string{"image", "build", "--task", script, "-o", dir, "--init", script}, "not an ELF file"},
+		{[]string{"image", "build", "--task", script, "-o", dir}, "no kindling-init next to"},
+		{[]string{"image", "build", "-o", dir}, "--task and -o are required"},
+		{[]string{"image", "build", "--task", filepath.Join(binDir, "kindling"), "-o", dir, "--init", filepath.Join(dir, "nope")}, "no such file"},
 	} {
 		_, errOut, code := kindling(t, c.args...)
 		if code != 2 || !strings.Contains(errOut, c.want) {

@@ -16,6 +16,7 @@ Commands:
   vm run      boot a kernel in a microVM and stream its console
   vm status   show a running VM's state (also: pause, resume, stop, metrics)
   kernel      build kernels (kindling kernel --help)
+  image build build a task image: kernel, initramfs, manifest (kindling image --help)
   host check  probe this host's KVM and say what it can run
 
 Run 'kindling COMMAND --help' for a command's flags.
@@ -51,6 +52,8 @@ func dispatch(args []string) error {
 		return vmMain(args[1:])
 	case "kernel":
 		return kernelMain(args[1:])
+	case "image":
+		return imageMain(args[1:])
 	case "host":
 		return hostMain(args[1:])
 	case "-h", "--help", "help":
