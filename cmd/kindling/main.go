@@ -17,6 +17,7 @@ Commands:
   vm status   show a running VM's state (also: pause, resume, stop, metrics)
   kernel      build kernels (kindling kernel --help)
   image build build a task image: kernel, initramfs, manifest (kindling image --help)
+  invoke      boot an image and invoke its task once
   host check  probe this host's KVM and say what it can run
 
 Run 'kindling COMMAND --help' for a command's flags.
@@ -54,6 +55,8 @@ func dispatch(args []string) error {
 		return kernelMain(args[1:])
 	case "image":
 		return imageMain(args[1:])
+	case "invoke":
+		return invokeMain(args[1:])
 	case "host":
 		return hostMain(args[1:])
 	case "-h", "--help", "help":
