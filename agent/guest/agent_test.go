@@ -3,6 +3,7 @@ package guest_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -267,4 +268,23 @@ func FuzzReadFrame(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		guest.ReadFrame(strings.NewReader(string(data)))
 	})
+}
+
+// A guest that closes the connection mid-invocation gives the caller a
+// clear error, not a hang.
+func TestGuestClosesMidInvocation(t *testing.T) {
+	host, agentEnd := net.Pipe()
+	c := guest.NewClient(host)
+	go func() {
+		guest.ReadFrame(agentEnd)               // the invocation arrives...
+		agentEnd.Write([]byte{0, 0, 0, 9, '{'}) // ...half a frame goes back...
+		agentEnd.Close()                        // ...and the guest is gone
+	}()
+	_, err := c.Invoke(context.Background(), "x", []byte("{}"), 10*time.Second)
+	if !errors.Is(err, guest.ErrAgentGone) || !strings.Contains(err.Error(), "unexpected EOF") {
+		t.Fatalf("Invoke: %v; want ErrAgentGone with the cause", err)
+	}
+	if _, err := c.Invoke(context.Background(), "y", []byte("{}"), time.Second); !errors.Is(err, guest.ErrAgentGone) {
+		t.Fatalf("Invoke after the guest left: %v", err)
+	}
 }
