@@ -41,6 +41,7 @@ var vmEssentials = []essential{
 	{"CONFIG_VIRTIO_VSOCKETS", "VM essential: virtio-vsock device"},
 	{"CONFIG_BLK_DEV_INITRD", "VM essential: initramfs"},
 	{"CONFIG_RD_ZSTD", "VM essential: zstd-compressed initramfs"},
+	{"CONFIG_RD_LZ4", "VM essential: LZ4 initramfs (where guest kernel mode is emulated, zstd's BMI2 code cannot run)"},
 	{"CONFIG_BINFMT_ELF", "VM essential: run /init and the task"},
 	{"CONFIG_PROC_FS", "VM essential: /init mounts /proc"},
 	{"CONFIG_SYSFS", "VM essential: /init mounts /sys"},

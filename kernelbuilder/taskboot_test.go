@@ -3,6 +3,9 @@ package kernelbuilder_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,8 +42,9 @@ func (s *syncBuffer) String() string {
 
 // TestHTTPTaskKernelBoots is the end-to-end check: the kernel the
 // builder derives for a Go HTTP server (plus the /init that starts it) is
-// built (once, cached) and boots in our VMM to the hand-off to /init, with
-// the task in the initramfs. Where guest user space runs, /init must also
+// built (once, cached) and boots in our VMM to the hand-off to /init, from
+// a real zstd task image, and its virtio-vsock driver answers the VMM's
+// vsock device. Where guest user space runs, /init must also
 // print its line. Slow: a kernel build on a cold cache, then a minute or
 // more of boot where guest kernel mode is emulated.
 func TestHTTPTaskKernelBoots(t *testing.T) {
@@ -90,29 +94,27 @@ func TestHTTPTaskKernelBoots(t *testing.T) {
 			t.Errorf("task kernel config lacks %s", o)
 		}
 	}
-	var files []rootfs.File
-	for _, f := range [][2]string{{"init", filepath.Join(dir, "init")}, {"task", task}} {
-		rf, err := rootfs.FileFromHost(f[0], f[1])
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, rf)
+	// The initramfs is a real task image's: /init and /task, compressed
+	// as kindling image build does on this host.
+	codec := rootfs.CodecZstd
+	if report.EmulatesCPL0() {
+		codec = rootfs.CodecLZ4
 	}
-	var cpio bytes.Buffer
-	if err := rootfs.WriteInitramfs(&cpio, files); err != nil {
+	img := filepath.Join(dir, "image")
+	manifest, err := rootfs.BuildImage(rootfs.ImageSpec{Init: filepath.Join(dir, "init"), Task: task, Kernel: art.Vmlinux, Codec: codec}, img)
+	if err != nil {
 		t.Fatal(err)
 	}
-	initrd := filepath.Join(dir, "initramfs.cpio")
-	if err := os.WriteFile(initrd, cpio.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	initrd := filepath.Join(img, manifest.Initramfs.Name)
 	cmdline := "console=ttyS0 reboot=k panic=-1"
 	if report.EmulatesCPL0() {
 		cmdline += " " + kernelbuilder.EmulatedCPL0Cmdline()
 	}
 	testlock.Exclusive(t, "linux-boot")
 	con := &syncBuffer{}
-	m, err := vmm.New(vmm.Config{Kernel: art.Vmlinux, Initrd: initrd, Cmdline: cmdline, MemoryMiB: 256, VCPUs: 1}, vmm.Options{Console: con})
+	vsockPath := filepath.Join(dir, "vsock")
+	m, err := vmm.New(vmm.Config{Kernel: art.Vmlinux, Initrd: initrd, Cmdline: cmdline, MemoryMiB: 256, VCPUs: 1,
+		Vsock: &vmm.Vsock{GuestCID: 3, Path: vsockPath}}, vmm.Options{Console: con})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +124,39 @@ func TestHTTPTaskKernelBoots(t *testing.T) {
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Once the guest kernel's virtio-vsock driver is up, a host connect to
+	// a port nobody listens on goes to the guest as a REQUEST and comes
+	// back as the guest kernel's RST: the connection closes with no OK.
+	// Before that the device answers "ERROR ... driver is not running".
+	vsockResult := make(chan string, 1)
+	go func() {
+		for {
+			vc, err := net.Dial("unix", vsockPath)
+			if err != nil {
+				vsockResult <- err.Error()
+				return
+			}
+			fmt.Fprintf(vc, "CONNECT 52\n")
+			vc.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			reply, err := io.ReadAll(vc)
+			vc.Close()
+			switch {
+			case strings.Contains(string(reply), "driver is not running"):
+				select {
+				case <-m.Done():
+					vsockResult <- "the VM stopped before its vsock driver came up"
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				continue
+			case err != nil || len(reply) != 0:
+				vsockResult <- fmt.Sprintf("vsock connect to an unbound guest port: reply %q, %v; want the guest's reset", reply, err)
+			default:
+				vsockResult <- ""
+			}
+			return
+		}
+	}()
 	const handoff = "Run /init as init process"
 	deadline := time.Now().Add(10 * time.Minute)
 	for !strings.Contains(con.String(), handoff) {
@@ -135,6 +170,17 @@ func TestHTTPTaskKernelBoots(t *testing.T) {
 		}
 	}
 	t.Logf("task kernel (%d options requested) reached the /init hand-off in %v", len(plan.Why), time.Since(start).Round(time.Millisecond))
+	if strings.Contains(con.String(), "Initramfs unpacking failed") {
+		t.Fatalf("the kernel could not unpack the %s initramfs:\n%s", codec, con.String())
+	}
+	select {
+	case r := <-vsockResult:
+		if r != "" {
+			t.Fatal(r)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("no answer from the guest's vsock driver")
+	}
 	if !report.UserSpaceRuns() {
 		t.Logf("guest user space cannot run on this host (%s); the test ends at the /init hand-off", report.UserSyscalls.Detail)
 		return

@@ -12,14 +12,35 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 	"github.com/u-root/u-root/pkg/ldd"
 )
 
 // ManifestFormat is the version of manifest.json.
 const ManifestFormat = 1
 
-// InitramfsName is the compressed initramfs in an image directory.
-const InitramfsName = "initramfs.cpio.zst"
+// Initramfs codecs. The kernel needs CONFIG_RD_ZSTD or CONFIG_RD_LZ4
+// (both are among the kernel builder's VM essentials).
+const (
+	CodecZstd = "zstd"
+	// CodecLZ4 is the legacy LZ4 frame the kernel's unlz4 reads. Hosts
+	// that emulate guest kernel mode need it: the kernel's zstd picks BMI2
+	// code from the (unvirtualised) host CPUID, and KVM's emulator lacks
+	// shlx.
+	CodecLZ4  = "lz4"
+	CodecNone = "none"
+)
+
+// InitramfsName is the initramfs file of an image compressed with codec.
+func InitramfsName(codec string) string {
+	switch codec {
+	case CodecLZ4:
+		return "initramfs.cpio.lz4"
+	case CodecNone:
+		return "initramfs.cpio"
+	}
+	return "initramfs.cpio.zst"
+}
 
 // ImageSpec is what goes into a task image.
 type ImageSpec struct {
@@ -28,6 +49,9 @@ type ImageSpec struct {
 	Kernel string // the task's vmlinux, copied beside the initramfs
 	// Cmdline is the kernel command line the image boots with.
 	Cmdline string
+	// Codec compresses the initramfs: CodecZstd (the default), CodecLZ4
+	// or CodecNone.
+	Codec string
 	// Recorded in the manifest: what the kernel builder found and chose.
 	Syscalls      []string
 	KernelOptions []string
@@ -61,7 +85,7 @@ func digest(name string, data []byte) Artifact {
 	return Artifact{Name: name, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
 }
 
-// BuildImage writes dir/vmlinux, dir/initramfs.cpio.zst (/init, /task and
+// BuildImage writes dir/vmlinux, dir/initramfs.cpio.zst or .lz4 (/init, /task and
 // the task's shared libraries at their paths) and dir/manifest.json. The
 // same inputs give the same bytes.
 func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
@@ -78,7 +102,13 @@ func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image: kernel: %w", err)
 	}
-	m := &Manifest{Format: ManifestFormat, Codec: "zstd", Cmdline: spec.Cmdline, Kernel: digest("vmlinux", kernel),
+	if spec.Codec == "" {
+		spec.Codec = CodecZstd
+	}
+	if spec.Codec != CodecZstd && spec.Codec != CodecLZ4 && spec.Codec != CodecNone {
+		return nil, fmt.Errorf("image: codec %q: want zstd, lz4 or none", spec.Codec)
+	}
+	m := &Manifest{Format: ManifestFormat, Codec: spec.Codec, Cmdline: spec.Cmdline, Kernel: digest("vmlinux", kernel),
 		Syscalls: nonNil(spec.Syscalls), KernelOptions: nonNil(spec.KernelOptions), CPUNeeds: nonNil(spec.CPUNeeds)}
 	initF, err := FileFromHost("init", spec.Init)
 	if err != nil {
@@ -113,19 +143,11 @@ func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 	if err := WriteInitramfs(&cpio, files); err != nil {
 		return nil, err
 	}
-	var zst bytes.Buffer
-	enc, err := zstd.NewWriter(&zst, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
-		zstd.WithWindowSize(8<<20), zstd.WithEncoderCRC(true))
+	packed, err := compress(spec.Codec, cpio.Bytes())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("image: %s: %w", spec.Codec, err)
 	}
-	if _, err := enc.Write(cpio.Bytes()); err != nil {
-		return nil, err
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
-	}
-	m.Initramfs = digest(InitramfsName, zst.Bytes())
+	m.Initramfs = digest(InitramfsName(spec.Codec), packed)
 	manifest, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, err
@@ -133,12 +155,46 @@ func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
-	for name, data := range map[string][]byte{"vmlinux": kernel, InitramfsName: zst.Bytes(), "manifest.json": append(manifest, '\n')} {
+	for name, data := range map[string][]byte{"vmlinux": kernel, m.Initramfs.Name: packed, "manifest.json": append(manifest, '\n')} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
 			return nil, fmt.Errorf("image: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// compress packs data with codec, deterministically: single-threaded,
+// fixed window and level.
+func compress(codec string, data []byte) ([]byte, error) {
+	var out bytes.Buffer
+	switch codec {
+	case CodecNone:
+		return data, nil
+	case CodecLZ4:
+		w := lz4.NewWriter(&out)
+		if err := w.Apply(lz4.LegacyOption(true), lz4.CompressionLevelOption(lz4.Level9), lz4.ConcurrencyOption(1)); err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(data); err != nil {
+			return nil, err
+		}
+		if err := w.Close(); err != nil {
+			return nil, err
+		}
+	default:
+		enc, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
+			zstd.WithWindowSize(8<<20), zstd.WithEncoderCRC(true))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := enc.Write(data); err != nil {
+			return nil, err
+		}
+		if err := enc.Close(); err != nil {
+			return nil, err
+		}
+	}
+	return out.Bytes(), nil
 }
 
 // ReadManifest reads dir/manifest.json and checks the image's files

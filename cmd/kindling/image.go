@@ -12,7 +12,7 @@ import (
 	"github.com/kindlingvm/kindling/rootfs"
 )
 
-const imageUsage = `usage: kindling image build --task BINARY -o DIR [--init PATH] [--emulated-cpl0=auto|true|false]
+const imageUsage = `usage: kindling image build --task BINARY -o DIR [--init PATH] [--codec auto|zstd|lz4|none] [--emulated-cpl0=auto|true|false]
 
 Builds a task image: the task's own kernel (analysed from the task and
 kindling-init, built once and cached), initramfs.cpio.zst holding
@@ -36,6 +36,7 @@ func imageMain(args []string) error {
 	out := fs.String("o", "", "output `dir`")
 	initBin := fs.String("init", "", "kindling-init `binary` (default: kindling-init next to this program)")
 	emulated := fs.String("emulated-cpl0", "auto", "build for a host that emulates guest kernel mode (auto asks 'kindling host check')")
+	codec := fs.String("codec", "auto", "initramfs compression: zstd, lz4 or none (auto: zstd, or lz4 where guest kernel mode is emulated)")
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
@@ -86,13 +87,19 @@ func imageMain(args []string) error {
 	for _, o := range plan.Options() {
 		opts = append(opts, o.String())
 	}
+	if *codec == "auto" {
+		*codec = rootfs.CodecZstd
+		if emu {
+			*codec = rootfs.CodecLZ4 // the kernel's zstd uses BMI2, which KVM's emulator lacks
+		}
+	}
 	m, err := rootfs.BuildImage(rootfs.ImageSpec{Init: *initBin, Task: *task, Kernel: art.Vmlinux, Cmdline: cmdline,
-		Syscalls: reports[0].Names(), KernelOptions: opts}, *out)
+		Syscalls: reports[0].Names(), KernelOptions: opts, Codec: *codec}, *out)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "image: kernel %.1f MiB, initramfs %.1f MiB (%d libraries), %d syscalls, %d kernel options\n",
-		float64(m.Kernel.Size)/(1<<20), float64(m.Initramfs.Size)/(1<<20), len(m.Libraries), len(m.Syscalls), len(m.KernelOptions))
+	fmt.Fprintf(os.Stderr, "image: kernel %.1f MiB, initramfs %.1f MiB (%s, %d libraries), %d syscalls, %d kernel options\n",
+		float64(m.Kernel.Size)/(1<<20), float64(m.Initramfs.Size)/(1<<20), m.Codec, len(m.Libraries), len(m.Syscalls), len(m.KernelOptions))
 	fmt.Println(*out)
 	return nil
 }
