@@ -21,6 +21,9 @@ setup:
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+	# kindling-init goes into every image: stripped (its .gopclntab stays,
+	# so the kernel builder's analysis still reads it), 6.6 MB not 9.7.
+	$(GO) build -trimpath -ldflags="-s -w" -o $(BIN)/kindling-init ./cmd/kindling-init
 	$(GO) build -o $(BIN)/kindling-bench ./bench
 
 # The test kernel on its own (the Linux test and the demo build it too).
