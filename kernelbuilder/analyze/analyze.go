@@ -23,6 +23,8 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/arch/x86/x86asm"
+
 	"github.com/kindlingvm/kindling/kernelbuilder/syscalls"
 )
 
@@ -200,6 +202,29 @@ func (r *Report) family(site Site, vs []int64, why string) {
 	for _, v := range vs {
 		r.addNeed(familyName(v), site)
 	}
+}
+
+// recordSite records what a SYSCALL site or a wrapper call resolved to:
+// its numbers, or why it could not be; and for socket() and socketpair()
+// the family, read from famReg (0: a stack argument, not tracked) unless
+// the site is inside a function that takes the family from its caller.
+func (r *Report) recordSite(seg *segment, i int, site Site, nrs []int64, why string, famReg x86asm.Reg, famFn bool) {
+	if why != "" {
+		r.Unresolved = append(r.Unresolved, Unresolved{Site: site, What: "syscall number", Why: why})
+		return
+	}
+	for _, nr := range nrs {
+		r.addSyscall(nr, site)
+	}
+	if (!has(nrs, sysSocket) && !has(nrs, sysSocketpair)) || famFn {
+		return
+	}
+	if famReg == 0 {
+		r.family(site, nil, "the family is a stack argument")
+		return
+	}
+	v, why := constIn(seg, i, famReg)
+	r.family(site, v, why)
 }
 
 func has(vs []int64, v int64) bool {

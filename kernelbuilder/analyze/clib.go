@@ -85,17 +85,7 @@ func (r *Report) scanC(o *object, direct map[uint64][]int64) error {
 				}
 				continue
 			}
-			if why != "" {
-				r.Unresolved = append(r.Unresolved, Unresolved{Site: site, What: "syscall number", Why: why})
-				continue
-			}
-			for _, nr := range nrs {
-				r.addSyscall(nr, site)
-			}
-			if (has(nrs, sysSocket) || has(nrs, sysSocketpair)) && !famFn {
-				v, why := constIn(seg, i, x86asm.RDI)
-				r.family(site, v, why)
-			}
+			r.recordSite(seg, i, site, nrs, why, x86asm.RDI, famFn)
 		}
 	})
 }

@@ -371,6 +371,20 @@ func writesReg(in inst, reg x86asm.Reg) bool {
 	return false
 }
 
+// sectionData is a section and its bytes, or nothing if the file has no
+// such section or it cannot be read.
+func sectionData(ef *elf.File, name string) (*elf.Section, []byte) {
+	sec := ef.Section(name)
+	if sec == nil {
+		return nil, nil
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return nil, nil
+	}
+	return sec, data
+}
+
 // readPLT maps PLT stubs and GOT slots to the symbols they resolve to, from
 // the JUMP_SLOT and GLOB_DAT relocations and the `jmp [rip+x]` in each stub.
 func readPLT(ef *elf.File) map[uint64]string {
@@ -381,14 +395,7 @@ func readPLT(ef *elf.File) map[uint64]string {
 	}
 	got := map[uint64]string{}
 	for _, name := range []string{".rela.plt", ".rela.dyn"} {
-		sec := ef.Section(name)
-		if sec == nil {
-			continue
-		}
-		data, err := sec.Data()
-		if err != nil {
-			continue
-		}
+		_, data := sectionData(ef, name)
 		for off := 0; off+24 <= len(data); off += 24 {
 			r := binary.LittleEndian.Uint64(data[off:])
 			info := binary.LittleEndian.Uint64(data[off+8:])
@@ -403,14 +410,7 @@ func readPLT(ef *elf.File) map[uint64]string {
 		out[slot] = name // call [rip+x] with -fno-plt
 	}
 	for _, name := range []string{".plt.sec", ".plt"} {
-		sec := ef.Section(name)
-		if sec == nil {
-			continue
-		}
-		data, err := sec.Data()
-		if err != nil {
-			continue
-		}
+		sec, data := sectionData(ef, name)
 		for stub := 0; stub+16 <= len(data); stub += 16 {
 			for pc := stub; pc < stub+16; {
 				in, err := x86asm.Decode(data[pc:stub+16], 64)

@@ -143,21 +143,7 @@ func (r *Report) analyseGo(path string, ef *elf.File) error {
 			default:
 				continue
 			}
-			if why != "" {
-				r.Unresolved = append(r.Unresolved, Unresolved{Site: site, What: "syscall number", Why: why})
-				continue
-			}
-			for _, nr := range nrs {
-				r.addSyscall(nr, site)
-			}
-			if (has(nrs, sysSocket) || has(nrs, sysSocketpair)) && !famFn {
-				if famReg == 0 {
-					r.family(site, nil, "the family is a stack argument")
-					continue
-				}
-				v, why := constIn(seg, i, famReg)
-				r.family(site, v, why)
-			}
+			r.recordSite(seg, i, site, nrs, why, famReg, famFn)
 		}
 	})
 	if err != nil {
