@@ -33,11 +33,7 @@ func Derive(src string) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	defs, err := findDefinitions(src)
-	if err != nil {
-		return nil, err
-	}
-	kc, err := readKconfig(src)
+	defs, kc, err := scanTree(src)
 	if err != nil {
 		return nil, err
 	}
@@ -160,8 +156,11 @@ func skipDir(rel string) bool {
 	return strings.HasPrefix(rel, "arch/") && rel != "arch/x86" && strings.Count(rel, "/") == 1
 }
 
-func findDefinitions(src string) (map[string][]definition, error) {
+// scanTree reads the source tree once: SYSCALL_DEFINEs from the .c files
+// and the prompts and selects of every Kconfig file.
+func scanTree(src string) (map[string][]definition, *kconfig, error) {
 	defs := map[string][]definition{}
+	kc := &kconfig{prompt: map[string]bool{}, selectedBy: map[string][]string{}}
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -173,12 +172,17 @@ func findDefinitions(src string) (map[string][]definition, error) {
 			}
 			return nil
 		}
-		if !strings.HasSuffix(p, ".c") {
+		isC, isKconfig := strings.HasSuffix(p, ".c"), strings.HasPrefix(d.Name(), "Kconfig")
+		if !isC && !isKconfig {
 			return nil
 		}
 		data, err := os.ReadFile(p)
 		if err != nil {
 			return err
+		}
+		if isKconfig {
+			kc.parse(data)
+			return nil
 		}
 		if !bytes.Contains(data, []byte("SYSCALL_DEFINE")) {
 			return nil
@@ -188,7 +192,10 @@ func findDefinitions(src string) (map[string][]definition, error) {
 		}
 		return nil
 	})
-	return defs, err
+	if err != nil {
+		return nil, nil, fmt.Errorf("read kernel source %s: %w", src, err)
+	}
+	return defs, kc, nil
 }
 
 // scanDefinitions finds SYSCALL_DEFINEn(name ...) in a C file with the
@@ -528,53 +535,29 @@ var (
 	kcSelectRe = regexp.MustCompile(`^\s*select\s+(\w+)`)
 )
 
-func readKconfig(src string) (*kconfig, error) {
-	kc := &kconfig{prompt: map[string]bool{}, selectedBy: map[string][]string{}}
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+// parse adds one Kconfig file's entries.
+func (kc *kconfig) parse(data []byte) {
+	cur := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		if m := kcEntryRe.FindStringSubmatch(line); m != nil {
+			cur = "CONFIG_" + m[1]
+			continue
 		}
-		rel, _ := filepath.Rel(src, p)
-		if d.IsDir() {
-			if skipDir(filepath.ToSlash(rel)) {
-				return filepath.SkipDir
-			}
-			return nil
+		t := strings.TrimSpace(line)
+		if strings.HasPrefix(t, "menu ") || strings.HasPrefix(t, "choice") || strings.HasPrefix(t, "endmenu") || strings.HasPrefix(t, "if ") || strings.HasPrefix(t, "endif") || strings.HasPrefix(t, "source ") {
+			cur = ""
+			continue
 		}
-		if !strings.HasPrefix(d.Name(), "Kconfig") {
-			return nil
+		if cur == "" {
+			continue
 		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
+		if kcPromptRe.MatchString(line) {
+			kc.prompt[cur] = true
 		}
-		cur := ""
-		for _, line := range strings.Split(string(data), "\n") {
-			if m := kcEntryRe.FindStringSubmatch(line); m != nil {
-				cur = "CONFIG_" + m[1]
-				continue
-			}
-			t := strings.TrimSpace(line)
-			if strings.HasPrefix(t, "menu ") || strings.HasPrefix(t, "choice") || strings.HasPrefix(t, "endmenu") || strings.HasPrefix(t, "if ") || strings.HasPrefix(t, "endif") || strings.HasPrefix(t, "source ") {
-				cur = ""
-				continue
-			}
-			if cur == "" {
-				continue
-			}
-			if kcPromptRe.MatchString(line) {
-				kc.prompt[cur] = true
-			}
-			if m := kcSelectRe.FindStringSubmatch(line); m != nil {
-				kc.selectedBy["CONFIG_"+m[1]] = union(kc.selectedBy["CONFIG_"+m[1]], []string{cur})
-			}
+		if m := kcSelectRe.FindStringSubmatch(line); m != nil {
+			kc.selectedBy["CONFIG_"+m[1]] = union(kc.selectedBy["CONFIG_"+m[1]], []string{cur})
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read Kconfig: %w", err)
 	}
-	return kc, nil
 }
 
 // settable turns a list of required symbols into ones a .config can set:

@@ -5,7 +5,10 @@
 // test re-derives it from the installed source and fails on drift.
 package syscalls
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Syscall is one x86-64 system call.
 type Syscall struct {
@@ -57,17 +60,7 @@ func (t *Table) Name(nr int) string {
 	if s, ok := t.ByNr(nr); ok {
 		return s.Name
 	}
-	return "syscall_" + itoa(nr)
-}
-
-func itoa(n int) string {
-	if n < 0 {
-		return "-" + itoa(-n)
-	}
-	if n < 10 {
-		return string(rune('0' + n))
-	}
-	return itoa(n/10) + itoa(n%10)
+	return "syscall_" + strconv.Itoa(nr)
 }
 
 // GoSource renders the table as the Go file table_gen.go.
@@ -78,7 +71,7 @@ func (t *Table) GoSource() []byte {
 	b.WriteString(" (kernel/sys_ni.c, arch/x86/entry/syscalls/syscall_64.tbl, Makefiles, #ifdefs).\n\npackage syscalls\n\n")
 	b.WriteString("const generatedVersion = \"" + t.Version + "\"\n\nvar generated = []Syscall{\n")
 	for _, s := range t.Syscalls {
-		b.WriteString("\t{Nr: " + itoa(s.Nr) + ", Name: \"" + s.Name + "\"")
+		b.WriteString("\t{Nr: " + strconv.Itoa(s.Nr) + ", Name: \"" + s.Name + "\"")
 		if s.Optional {
 			b.WriteString(", Optional: true")
 		}
