@@ -12,7 +12,6 @@ import (
 
 	"github.com/kindlingvm/kindling/internal/testtasks"
 	"github.com/kindlingvm/kindling/kernelbuilder"
-	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 	"github.com/kindlingvm/kindling/rootfs"
 )
 
@@ -40,11 +39,10 @@ func kernelTable(w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		rep, err := analyze.File(bin)
+		plan, err := kernelbuilder.PlanFiles(bin)
 		if err != nil {
 			return err
 		}
-		plan := kernelbuilder.PlanTask(rep)
 		// The stock (unpatched) kernel: what a real KVM host runs.
 		art, err := kernelbuilder.Build(context.Background(), plan.Spec(false), kernelbuilder.BuildOptions{Progress: os.Stderr})
 		if err != nil {
@@ -62,7 +60,7 @@ func kernelTable(w io.Writer) error {
 		if art.BuildTime > 0 {
 			build = art.BuildTime.String()
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.2f\t%.2f\t%s\t\n", name, len(rep.Syscalls), len(plan.Why), y,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.2f\t%.2f\t%s\t\n", name, len(plan.Reports[0].Syscalls), len(plan.Why), y,
 			mib(fileSize(art.Vmlinux)), mib(fileSize(art.BzImage)), mib(image), build)
 	}
 	fmt.Fprintf(tw, "firecracker guest (6.1)\t\t\t%d\t\t\t\t\t\n", firecrackerY)

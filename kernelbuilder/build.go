@@ -46,17 +46,7 @@ func Build(ctx context.Context, spec Spec, opt BuildOptions) (*Artifacts, error)
 }
 
 func build(ctx context.Context, spec Spec, opt BuildOptions, mk makeFunc) (*Artifacts, error) {
-	progress := opt.Progress
-	if progress == nil {
-		progress = io.Discard
-	}
-	cache := opt.CacheDir
-	if cache == "" {
-		var err error
-		if cache, err = DefaultCacheDir(); err != nil {
-			return nil, err
-		}
-	}
+	progress := progressOrDiscard(opt.Progress)
 	if len(spec.Targets) == 0 {
 		spec.Targets = []string{"vmlinux", "bzImage"}
 	}
@@ -65,21 +55,12 @@ func build(ctx context.Context, spec Spec, opt BuildOptions, mk makeFunc) (*Arti
 			return nil, fmt.Errorf("kernel target %q: want vmlinux or bzImage", t)
 		}
 	}
-	tarball := spec.Source
-	if tarball == "" {
-		var err error
-		if tarball, err = FindSource(); err != nil {
-			return nil, err
-		}
-	} else if _, err := os.Stat(tarball); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v; install it with `apt-get install linux-source-6.12`", ErrNoSource, tarball, err)
+	cache, tarball, srcHash, err := resolveSource(opt, spec.Source)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(cache, "kernels"), 0o755); err != nil {
 		return nil, fmt.Errorf("kernel cache %s: %w", cache, err)
-	}
-	srcHash, err := sourceHash(cache, tarball)
-	if err != nil {
-		return nil, err
 	}
 	key := spec.key(srcHash)
 	final := filepath.Join(cache, "kernels", key)
@@ -245,24 +226,10 @@ func configure(ctx context.Context, spec Spec, tree, out string, log io.Writer, 
 // the resulting .config; a requested option that did not survive is an
 // error naming it and its dependencies. It takes seconds, not minutes.
 func Configure(ctx context.Context, spec Spec, opt BuildOptions) (map[string]string, error) {
-	cache := opt.CacheDir
-	if cache == "" {
-		var err error
-		if cache, err = DefaultCacheDir(); err != nil {
-			return nil, err
-		}
-	}
-	tarball := spec.Source
-	if tarball == "" {
-		var err error
-		if tarball, err = FindSource(); err != nil {
-			return nil, err
-		}
-	}
 	if err := checkTools(); err != nil {
 		return nil, err
 	}
-	srcHash, err := sourceHash(cache, tarball)
+	cache, tarball, srcHash, err := resolveSource(opt, spec.Source)
 	if err != nil {
 		return nil, err
 	}
@@ -289,22 +256,34 @@ func Configure(ctx context.Context, spec Spec, opt BuildOptions) (map[string]str
 // SourceTree unpacks (once, cached) the kernel source and returns its
 // directory, for tools that read it (the syscall table's drift test).
 func SourceTree(ctx context.Context, opt BuildOptions) (string, error) {
-	cache := opt.CacheDir
-	if cache == "" {
-		var err error
-		if cache, err = DefaultCacheDir(); err != nil {
-			return "", err
-		}
-	}
-	tarball, err := FindSource()
-	if err != nil {
-		return "", err
-	}
-	srcHash, err := sourceHash(cache, tarball)
+	cache, tarball, srcHash, err := resolveSource(opt, "")
 	if err != nil {
 		return "", err
 	}
 	return unpackSource(ctx, cache, tarball, srcHash, nil, progressOrDiscard(opt.Progress))
+}
+
+// resolveSource picks the cache directory (opt's, or the default), the
+// kernel source tarball (the one given, which must exist, or the newest
+// installed) and its content hash.
+func resolveSource(opt BuildOptions, tarball string) (cache, source, hash string, err error) {
+	cache = opt.CacheDir
+	if cache == "" {
+		if cache, err = DefaultCacheDir(); err != nil {
+			return "", "", "", err
+		}
+	}
+	if tarball == "" {
+		if tarball, err = FindSource(); err != nil {
+			return "", "", "", err
+		}
+	} else if _, err := os.Stat(tarball); err != nil {
+		return "", "", "", fmt.Errorf("%w: %s: %v; install it with `apt-get install linux-source-6.12`", ErrNoSource, tarball, err)
+	}
+	if hash, err = sourceHash(cache, tarball); err != nil {
+		return "", "", "", err
+	}
+	return cache, tarball, hash, nil
 }
 
 func progressOrDiscard(w io.Writer) io.Writer {
@@ -378,11 +357,7 @@ func tail(path string, n int) string {
 	if err != nil {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return lastLines(string(b), n)
 }
 
 // progressWriter forwards make's output to the log and counts compiled

@@ -2,6 +2,7 @@ package kernelbuilder
 
 import (
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -83,7 +84,7 @@ func PlanTask(reports ...*analyze.Report) *TaskPlan {
 	for _, r := range reports {
 		who := ""
 		if len(reports) > 1 {
-			who = " [" + baseName(r.Path) + "]"
+			who = " [" + filepath.Base(r.Path) + "]"
 		}
 		if r.Conservative {
 			for _, s := range p.Table.Syscalls {
@@ -100,7 +101,7 @@ func PlanTask(reports ...*analyze.Report) *TaskPlan {
 				continue
 			}
 			if info.Missing {
-				p.Warnings = append(p.Warnings, fmt.Sprintf("%s may call %s, which no x86-64 kernel provides (ENOSYS)", baseName(r.Path), s.Name))
+				p.Warnings = append(p.Warnings, fmt.Sprintf("%s may call %s, which no x86-64 kernel provides (ENOSYS)", filepath.Base(r.Path), s.Name))
 			}
 			for _, o := range info.Options {
 				p.add(o, "syscall "+s.Name+" ("+info.Source+")"+who)
@@ -115,11 +116,18 @@ func PlanTask(reports ...*analyze.Report) *TaskPlan {
 	return p
 }
 
-func baseName(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i >= 0 {
-		return p[i+1:]
+// PlanFiles analyses each binary and plans a kernel for all of them; an
+// error is the first binary that cannot be analysed (bad input).
+func PlanFiles(paths ...string) (*TaskPlan, error) {
+	var reports []*analyze.Report
+	for _, p := range paths {
+		r, err := analyze.File(p)
+		if err != nil {
+			return nil, err
+		}
+		reports = append(reports, r)
 	}
-	return p
+	return PlanTask(reports...), nil
 }
 
 func (p *TaskPlan) add(option, why string) {

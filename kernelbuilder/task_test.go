@@ -8,25 +8,24 @@ import (
 
 	"github.com/kindlingvm/kindling/internal/testtasks"
 	"github.com/kindlingvm/kindling/kernelbuilder"
-	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 )
 
 func plan(t *testing.T, names ...string) *kernelbuilder.TaskPlan {
 	t.Helper()
 	dir := t.TempDir()
-	var reports []*analyze.Report
+	var bins []string
 	for _, n := range names {
 		bin, err := testtasks.Build(dir, n)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := analyze.File(bin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		reports = append(reports, r)
+		bins = append(bins, bin)
 	}
-	return kernelbuilder.PlanTask(reports...)
+	p, err := kernelbuilder.PlanFiles(bins...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func TestPlanFollowsTheAnalysis(t *testing.T) {

@@ -17,7 +17,6 @@ import (
 	"github.com/kindlingvm/kindling/internal/testlock"
 	"github.com/kindlingvm/kindling/internal/testtasks"
 	"github.com/kindlingvm/kindling/kernelbuilder"
-	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 	"github.com/kindlingvm/kindling/rootfs"
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
@@ -72,15 +71,10 @@ func TestHTTPTaskKernelBoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var reports []*analyze.Report
-	for _, bin := range []string{task, filepath.Join(dir, "init")} {
-		r, err := analyze.File(bin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		reports = append(reports, r)
+	plan, err := kernelbuilder.PlanFiles(task, filepath.Join(dir, "init"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	plan := kernelbuilder.PlanTask(reports...)
 	art, err := kernelbuilder.Build(context.Background(), plan.Spec(report.EmulatesCPL0()), kernelbuilder.BuildOptions{Progress: os.Stderr})
 	if err != nil {
 		t.Fatal(err)

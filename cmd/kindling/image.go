@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 
 	"github.com/kindlingvm/kindling/kernelbuilder"
-	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 	"github.com/kindlingvm/kindling/rootfs"
 )
 
@@ -53,13 +52,9 @@ func imageMain(args []string) error {
 			return badInput(fmt.Errorf("image build: no kindling-init next to %s: run make build, or pass --init PATH", self))
 		}
 	}
-	var reports []*analyze.Report
-	for _, b := range []string{*task, *initBin} {
-		r, err := analyze.File(b)
-		if err != nil {
-			return badInput(err)
-		}
-		reports = append(reports, r)
+	plan, err := kernelbuilder.PlanFiles(*task, *initBin)
+	if err != nil {
+		return badInput(err)
 	}
 	var emu bool
 	switch *emulated {
@@ -74,7 +69,6 @@ func imageMain(args []string) error {
 	default:
 		return badInput(fmt.Errorf("--emulated-cpl0=%q: want auto, true or false", *emulated))
 	}
-	plan := kernelbuilder.PlanTask(reports...)
 	art, err := kernelbuilder.Build(context.Background(), plan.Spec(emu), kernelbuilder.BuildOptions{Progress: os.Stderr})
 	if err != nil {
 		return err
@@ -94,7 +88,7 @@ func imageMain(args []string) error {
 		}
 	}
 	m, err := rootfs.BuildImage(rootfs.ImageSpec{Init: *initBin, Task: *task, Kernel: art.Vmlinux, Cmdline: cmdline,
-		Syscalls: reports[0].Names(), KernelOptions: opts, Codec: *codec}, *out)
+		Syscalls: plan.Reports[0].Names(), KernelOptions: opts, Codec: *codec}, *out)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/kindlingvm/kindling/kernelbuilder"
-	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 )
 
 const kernelUsage = `usage: kindling kernel build --for BINARY [--for BINARY]... [-o DIR] [--emulated-cpl0=auto|true|false]
@@ -91,20 +90,15 @@ func kernelMain(args []string) error {
 		if len(binaries) == 0 {
 			return badInput(fmt.Errorf("kernel explain: give the task with --for BINARY"))
 		}
-		var reports []*analyze.Report
-		for _, b := range binaries {
-			r, err := analyze.File(b)
-			if err != nil {
-				return badInput(err)
-			}
-			reports = append(reports, r)
+		var err error
+		if plan, err = kernelbuilder.PlanFiles(binaries...); err != nil {
+			return badInput(err)
 		}
-		plan = kernelbuilder.PlanTask(reports...)
 		if args[0] == "explain" {
 			if *asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"reports": reports, "options": plan.Why, "warnings": plan.Warnings, "table_version": plan.Table.Version})
+				return enc.Encode(map[string]any{"reports": plan.Reports, "options": plan.Why, "warnings": plan.Warnings, "table_version": plan.Table.Version})
 			}
 			fmt.Print(plan.Explain())
 			return nil

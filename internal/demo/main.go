@@ -18,7 +18,6 @@ import (
 	"github.com/kindlingvm/kindling/internal/testinit"
 	"github.com/kindlingvm/kindling/internal/testtasks"
 	"github.com/kindlingvm/kindling/kernelbuilder"
-	"github.com/kindlingvm/kindling/kernelbuilder/analyze"
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
 	"github.com/kindlingvm/kindling/vmm/launch"
@@ -114,11 +113,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	rep, err := analyze.File(task)
+	plan, err := kernelbuilder.PlanFiles(task)
 	if err != nil {
 		return err
 	}
-	plan := kernelbuilder.PlanTask(rep)
 	for _, line := range strings.Split(plan.Explain(), "\n") {
 		if !strings.HasPrefix(line, "#   ") { // the per-syscall lines: see kindling kernel explain
 			fmt.Println(line)
