@@ -50,3 +50,21 @@ func hostEmulatesCPL0() (bool, error) {
 	}
 	return r.EmulatesCPL0(), nil
 }
+
+// parseEmulatedCPL0 reads an --emulated-cpl0 flag: true, false, or auto
+// (ask 'kindling host check').
+func parseEmulatedCPL0(v, verb string) (bool, error) {
+	switch v {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	case "auto":
+		emu, err := hostEmulatesCPL0()
+		if err != nil {
+			return false, fmt.Errorf("%s: %w (pass --emulated-cpl0=true or false)", verb, err)
+		}
+		return emu, nil
+	}
+	return false, badInput(fmt.Errorf("--emulated-cpl0=%q: want auto, true or false", v))
+}

@@ -56,18 +56,9 @@ func imageMain(args []string) error {
 	if err != nil {
 		return badInput(err)
 	}
-	var emu bool
-	switch *emulated {
-	case "true":
-		emu = true
-	case "false":
-	case "auto":
-		var err error
-		if emu, err = hostEmulatesCPL0(); err != nil {
-			return fmt.Errorf("image build: %w (pass --emulated-cpl0=true or false)", err)
-		}
-	default:
-		return badInput(fmt.Errorf("--emulated-cpl0=%q: want auto, true or false", *emulated))
+	emu, err := parseEmulatedCPL0(*emulated, "image build")
+	if err != nil {
+		return err
 	}
 	art, err := kernelbuilder.Build(context.Background(), plan.Spec(emu), kernelbuilder.BuildOptions{Progress: os.Stderr})
 	if err != nil {

@@ -69,21 +69,6 @@ func kernelMain(args []string) error {
 	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
-	emulatedCPL0 := func() (bool, error) {
-		switch *emulated {
-		case "true":
-			return true, nil
-		case "false":
-			return false, nil
-		case "auto":
-			emu, err := hostEmulatesCPL0()
-			if err != nil {
-				return false, fmt.Errorf("kernel %s: %w (pass --emulated-cpl0=true or false)", args[0], err)
-			}
-			return emu, nil
-		}
-		return false, badInput(fmt.Errorf("--emulated-cpl0=%q: want auto, true or false", *emulated))
-	}
 	var spec kernelbuilder.Spec
 	var plan *kernelbuilder.TaskPlan
 	if args[0] == "explain" || len(binaries) > 0 {
@@ -105,7 +90,7 @@ func kernelMain(args []string) error {
 		}
 	}
 	if args[0] == "build-test" || plan != nil {
-		emu, err := emulatedCPL0()
+		emu, err := parseEmulatedCPL0(*emulated, "kernel "+args[0])
 		if err != nil {
 			return err
 		}
