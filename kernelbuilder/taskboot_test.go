@@ -13,13 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kindlingvm/kindling/internal/testhost"
 	"github.com/kindlingvm/kindling/internal/testinit"
 	"github.com/kindlingvm/kindling/internal/testlock"
 	"github.com/kindlingvm/kindling/internal/testtasks"
 	"github.com/kindlingvm/kindling/kernelbuilder"
 	"github.com/kindlingvm/kindling/rootfs"
 	"github.com/kindlingvm/kindling/vmm"
-	"github.com/kindlingvm/kindling/vmm/hostcheck"
 )
 
 type syncBuffer struct {
@@ -53,16 +53,7 @@ func TestHTTPTaskKernelBoots(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping the task kernel boot in -short mode")
 	}
-	report, err := hostcheck.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !report.KVM.OK {
-		if _, statErr := os.Stat("/dev/kvm"); statErr == nil {
-			t.Fatalf("/dev/kvm exists but: %s", report.KVM.Detail)
-		}
-		t.Skipf("skipping: no KVM (%s)", report.KVM.Detail)
-	}
+	report := testhost.RequireKVM(t)
 	dir := t.TempDir()
 	if _, err := testinit.BuildInitramfs(dir); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kindlingvm/kindling/internal/testhost"
 	"github.com/kindlingvm/kindling/internal/testinit"
 	"github.com/kindlingvm/kindling/internal/testlock"
 	"github.com/kindlingvm/kindling/kernelbuilder"
@@ -116,16 +117,7 @@ func newLinuxVM(t *testing.T, kernel func(*kernelbuilder.Artifacts) string, vcpu
 	if testing.Short() {
 		t.Skip("skipping the Linux boot in -short mode")
 	}
-	report, err := hostcheck.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !report.KVM.OK {
-		if _, statErr := os.Stat("/dev/kvm"); statErr == nil {
-			t.Fatalf("/dev/kvm exists but: %s", report.KVM.Detail)
-		}
-		t.Skipf("skipping: no KVM (%s)", report.KVM.Detail)
-	}
+	report := testhost.RequireKVM(t)
 	art := testKernel(t, report.EmulatesCPL0())
 	testlock.Exclusive(t, "linux-boot") // one emulated boot at a time, across packages
 	dir := t.TempDir()

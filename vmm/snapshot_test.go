@@ -168,8 +168,10 @@ func TestTenVMsFromOneSnapshot(t *testing.T) {
 	}
 }
 
-func TestRestoreRefusesDamagedSnapshots(t *testing.T) {
-	m, _ := bareVM(t, 8, 1)
+// runAndSnapshot starts the xorshift guest on m, pauses it and snapshots
+// it into dir/snap, whose path it returns; m is left paused.
+func runAndSnapshot(t *testing.T, m *Machine, dir string) string {
+	t.Helper()
 	startXorshift(t, m, 1)
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
@@ -177,10 +179,26 @@ func TestRestoreRefusesDamagedSnapshots(t *testing.T) {
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	good := filepath.Join(t.TempDir(), "snap")
-	if _, err := m.Snapshot(good); err != nil {
+	snap := filepath.Join(dir, "snap")
+	if _, err := m.Snapshot(snap); err != nil {
 		t.Fatal(err)
 	}
+	return snap
+}
+
+// emptyDisk writes a zeroed 1 MiB disk image into dir.
+func emptyDisk(t *testing.T, dir string) string {
+	t.Helper()
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return disk
+}
+
+func TestRestoreRefusesDamagedSnapshots(t *testing.T) {
+	m, _ := bareVM(t, 8, 1)
+	good := runAndSnapshot(t, m, t.TempDir())
 	m.Stop()
 	if _, err := m.Snapshot(good); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("snapshot of a stopped VM: %v", err)
@@ -401,22 +419,13 @@ func TestDiffSnapshot(t *testing.T) {
 func TestRestoreWithMovedDisk(t *testing.T) {
 	requireKVM(t)
 	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	disk := emptyDisk(t, dir)
 	m, err := New(Config{MemoryMiB: 8, VCPUs: 1, Disks: []Disk{{Path: disk}}}, Options{Console: &syncBuffer{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	startXorshift(t, m, 1)
-	m.Start()
-	m.Pause()
-	snap := filepath.Join(dir, "snap")
-	if _, err := m.Snapshot(snap); err != nil {
-		t.Fatal(err)
-	}
+	snap := runAndSnapshot(t, m, dir)
 	m.Stop()
 	moved := filepath.Join(dir, "moved.img")
 	data, _ := os.ReadFile(disk)
@@ -444,10 +453,7 @@ func TestRestoreWithMovedDisk(t *testing.T) {
 func TestVsockDeviceWiringAndRestore(t *testing.T) {
 	requireKVM(t)
 	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	disk := emptyDisk(t, dir)
 	sock := filepath.Join(dir, "v.sock")
 	m, err := New(Config{MemoryMiB: 8, VCPUs: 1, Disks: []Disk{{Path: disk}}, Vsock: &Vsock{GuestCID: 3, Path: sock}}, Options{Console: &syncBuffer{}})
 	if err != nil {
@@ -469,13 +475,7 @@ func TestVsockDeviceWiringAndRestore(t *testing.T) {
 	if !strings.Contains(string(reply), "driver is not running") {
 		t.Fatalf("reply %q", reply)
 	}
-	startXorshift(t, m, 1)
-	m.Start()
-	m.Pause()
-	snap := filepath.Join(dir, "snap")
-	if _, err := m.Snapshot(snap); err != nil {
-		t.Fatal(err)
-	}
+	snap := runAndSnapshot(t, m, dir)
 	if _, err := Restore(snap, RestoreOverrides{}, Options{}); err == nil || !strings.Contains(err.Error(), "v.sock") {
 		t.Fatalf("restore onto the live VM's socket: %v", err)
 	}

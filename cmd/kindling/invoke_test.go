@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kindlingvm/kindling/internal/testhost"
 	"github.com/kindlingvm/kindling/internal/testtasks"
 	"github.com/kindlingvm/kindling/rootfs"
-	"github.com/kindlingvm/kindling/vmm/hostcheck"
 )
 
 func TestInvokeBadInput(t *testing.T) {
@@ -37,13 +37,7 @@ func TestInvokeBadInput(t *testing.T) {
 // invokes it through vsock. It needs a host where guest user space runs;
 // elsewhere kindling invoke must refuse at once, saying why.
 func TestInvokeEndToEnd(t *testing.T) {
-	r, err := hostcheck.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !r.KVM.OK {
-		t.Skipf("skipping: no KVM (%s)", r.KVM.Detail)
-	}
+	r := testhost.RequireKVM(t)
 	if !r.UserSpaceRuns() {
 		_, errOut, code := kindling(t, "invoke", "--image", t.TempDir())
 		if code != 2 {
