@@ -132,6 +132,22 @@ type conn struct {
 	readerStarted bool
 }
 
+// owed is the packet c owes the guest next, if any: data within the
+// guest's credit, the end of the host's stream, or a credit update.
+func (c *conn) owed() (op uint16, ok bool) {
+	switch {
+	case c.state != established:
+		return 0, false
+	case len(c.in) > 0 && c.credit() > 0:
+		return opRW, true
+	case c.hostEOF && len(c.in) == 0 && !c.shutdownSent:
+		return opShutdown, true
+	case c.owesCredit():
+		return opCreditUpdate, true
+	}
+	return 0, false
+}
+
 // owesCredit says the guest should hear the device's fwd_cnt: the free
 // space it last heard of is under half the buffer and the host socket has
 // taken more since. Linux then waits for exactly this update.
@@ -497,26 +513,17 @@ func (d *Device) toGuestLocked() {
 		var h header
 		var data []byte
 		var c *conn
-		switch {
-		case len(d.ctrl) > 0:
+		var op uint16
+		if len(d.ctrl) > 0 {
 			h = d.ctrl[0]
-		default:
+		} else {
 			for _, k := range keys {
-				cc := d.conns[k]
-				if cc == nil || cc.state != established {
-					continue
-				}
-				if len(cc.in) > 0 && cc.credit() > 0 {
-					c = cc
-					break
-				}
-				if cc.hostEOF && len(cc.in) == 0 && !cc.shutdownSent {
-					c = cc
-					break
-				}
-				if cc.owesCredit() {
-					c = cc
-					break
+				if cc := d.conns[k]; cc != nil {
+					var ok bool
+					if op, ok = cc.owed(); ok {
+						c = cc
+						break
+					}
 				}
 			}
 			if c == nil {
@@ -538,13 +545,12 @@ func (d *Device) toGuestLocked() {
 		switch {
 		case c == nil:
 			d.ctrl = d.ctrl[1:]
-		case len(c.in) > 0 && c.credit() > 0:
-			n := uint64(len(c.in))
-			n = min(n, uint64(c.credit()), ch.WritableLen()-headerSize)
+		case op == opRW:
+			n := min(uint64(len(c.in)), uint64(c.credit()), ch.WritableLen()-headerSize)
 			data = c.in[:n]
 			h = d.replyLocked(c, opRW, 0)
 			h.Len = uint32(n)
-		case c.hostEOF && len(c.in) == 0 && !c.shutdownSent:
+		case op == opShutdown:
 			c.shutdownSent = true // (credit updates ride on this and on RW)
 			h = d.replyLocked(c, opShutdown, shutdownSend|shutdownRcv)
 		default:
