@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/vmm/memory"
 )
 
@@ -27,6 +28,10 @@ type Config struct {
 	// Console is where the serial console goes: "stdout" (the default),
 	// "none", or a file path.
 	Console string `json:"console,omitempty"`
+	// CPUTemplate is the CPU the guest sees: a built-in template's name
+	// or a template object. Unset passes the host's supported CPUID
+	// through, normalised. Snapshots keep it, so a restore sees the same.
+	CPUTemplate *cpuid.Template `json:"cpu_template,omitempty"`
 }
 
 // Disk is a virtio-blk device backed by a host file.
@@ -85,6 +90,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Vsock != nil && (c.Vsock.GuestCID < 3 || c.Vsock.GuestCID > 0xffffffff || c.Vsock.Path == "") {
 		return fmt.Errorf("vsock: guest_cid %d and uds_path %q: want a CID from 3 to 4294967295 and a socket path", c.Vsock.GuestCID, c.Vsock.Path)
+	}
+	if c.CPUTemplate != nil {
+		if err := c.CPUTemplate.Validate(); err != nil {
+			return err
+		}
 	}
 	if c.Kernel == "" && (c.Initrd != "" || c.Cmdline != "") {
 		return fmt.Errorf("initrd or cmdline given without a kernel")

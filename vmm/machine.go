@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/vmm/devices"
 	"github.com/kindlingvm/kindling/vmm/devices/legacy"
 	"github.com/kindlingvm/kindling/vmm/kvm"
@@ -216,27 +217,47 @@ func (m *Machine) setupDevices(console io.Writer) error {
 }
 
 func (m *Machine) createVCPUs() error {
-	cpuid, err := m.sys.SupportedCPUID()
+	supported, err := m.sys.SupportedCPUID()
 	if err != nil {
 		return err
 	}
-	m.supportedCPUID = cpuid
+	m.supportedCPUID = supported
 	msrIndex, err := m.sys.MSRIndexList()
 	if err != nil {
 		return err
 	}
 	m.msrsToSave = msrIndex
+	tmpl := m.cfg.CPUTemplate
+	if tmpl == nil {
+		tmpl, _ = cpuid.Builtin(cpuid.HostName)
+	}
+	base, err := tmpl.Apply(cpuid.FromKVM(supported))
+	if err != nil {
+		return err
+	}
+	if len(tmpl.MSRs) > 0 {
+		features, err := m.sys.MSRFeatureIndexList()
+		if err != nil {
+			return err
+		}
+		if err := tmpl.CheckMSRs(append(append([]uint32(nil), msrIndex...), features...)); err != nil {
+			return err
+		}
+	}
 	for i := 0; i < m.cfg.VCPUs; i++ {
 		c, err := m.vm.CreateVCPU(i)
 		if err != nil {
 			return err
 		}
-		t := &vcpuThread{VCPU: c, cpuid: vcpuCPUID(cpuid, i, m.cfg.VCPUs)}
+		t := &vcpuThread{VCPU: c, cpuid: cpuid.Normalize(base, i, m.cfg.VCPUs).KVM()}
 		m.vcpus = append(m.vcpus, t)
 		if err := c.SetCPUID(t.cpuid); err != nil {
 			return err
 		}
 		if err := setupVCPU(c, msrIndex); err != nil {
+			return err
+		}
+		if err := applyMSRModifiers(c, tmpl); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/snapshot"
 	"github.com/kindlingvm/kindling/vmm/kvm"
 	"github.com/kindlingvm/kindling/vmm/memory"
@@ -280,6 +281,10 @@ func Restore(dir string, ov RestoreOverrides, opt Options) (*Machine, error) {
 	}
 	m, err := create(cfg, opt, mem, false)
 	if err != nil {
+		var ue *cpuid.UnavailableError
+		if errors.As(err, &ue) {
+			return nil, fmt.Errorf("restore %s: %w: the snapshot's %v", dir, ErrIncompatible, err)
+		}
 		return nil, err
 	}
 	if err := m.applyState(&st); err != nil {

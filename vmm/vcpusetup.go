@@ -4,34 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/vmm/kvm"
 )
-
-// CPUID leaves and bits the VMM adjusts per vCPU. The CPU template package
-// owns everything else about CPUID.
-const (
-	cpuidHypervisorBit = 1 << 31 // leaf 1 ECX: running under a hypervisor
-)
-
-// vcpuCPUID derives vCPU id's CPUID from the host's supported set: its APIC
-// ID in leaves 1, 0xB and 0x1F, and the hypervisor bit. Hypervisor leaves
-// (0x40000000 on) pass through untouched: a PVM guest finds its hypervisor
-// there.
-func vcpuCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
-	out := make([]kvm.CPUIDEntry, len(supported))
-	copy(out, supported)
-	for i := range out {
-		e := &out[i]
-		switch e.Function {
-		case 1:
-			e.Ebx = e.Ebx&0x00ff_ffff | uint32(id)<<24
-			e.Ecx |= cpuidHypervisorBit
-		case 0xb, 0x1f:
-			e.Edx = uint32(id)
-		}
-	}
-	return out
-}
 
 // MSRs Linux expects a freshly reset CPU to have.
 const (
@@ -99,4 +74,21 @@ func setupVCPU(c *kvm.VCPU, msrIndex []uint32) error {
 	binary.LittleEndian.PutUint32(lapic.Regs[apicLVT0:], lvt0&^0x700|apicModeExtIn)
 	binary.LittleEndian.PutUint32(lapic.Regs[apicLVT1:], lvt1&^0x700|apicModeNMI)
 	return c.SetLAPIC(lapic)
+}
+
+// applyMSRModifiers changes the template's MSRs from the values KVM and
+// setupVCPU left, after them, so the template has the last word.
+func applyMSRModifiers(c *kvm.VCPU, t *cpuid.Template) error {
+	for _, mod := range t.MSRs {
+		idx := uint32(mod.Index)
+		cur, err := c.GetMSRs([]uint32{idx})
+		if err != nil {
+			return fmt.Errorf("cpu template %s: read %s: %w", t.Name, cpuid.MSRName(idx), err)
+		}
+		v := mod.Apply(cur[0].Value)
+		if err := c.SetMSRs([]kvm.MSR{{Index: idx, Value: v}}); err != nil {
+			return fmt.Errorf("cpu template %s: set %s to %#x: %w", t.Name, cpuid.MSRName(idx), v, err)
+		}
+	}
+	return nil
 }

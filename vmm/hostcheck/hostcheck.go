@@ -7,6 +7,8 @@
 package hostcheck
 
 import (
+	"github.com/kindlingvm/kindling/cpuid"
+
 	"bufio"
 	"encoding/binary"
 	"errors"
@@ -128,7 +130,12 @@ func Run() (*Report, error) {
 
 // probe runs one probe guest to its exit and returns the time it took.
 func probe(cpl int, code []byte, setup func(m *vmm.Machine) error, rcx uint64) (*vmm.Machine, vmm.ExitReason, time.Duration, error) {
-	m, err := vmm.New(vmm.Config{MemoryMiB: probeMemMiB, VCPUs: 1, Console: "none"}, vmm.Options{})
+	return probeWith(nil, cpl, code, setup, rcx)
+}
+
+// probeWith runs a probe guest on a CPU template (nil: none).
+func probeWith(tmpl *cpuid.Template, cpl int, code []byte, setup func(m *vmm.Machine) error, rcx uint64) (*vmm.Machine, vmm.ExitReason, time.Duration, error) {
+	m, err := vmm.New(vmm.Config{MemoryMiB: probeMemMiB, VCPUs: 1, Console: "none", CPUTemplate: tmpl}, vmm.Options{})
 	if err != nil {
 		return nil, vmm.ExitReason{}, 0, fmt.Errorf("probe VM: %w", err)
 	}
