@@ -48,12 +48,12 @@ func Statuses(host Table) []TemplateStatus {
 // WriteStatuses prints Statuses as a table.
 func WriteStatuses(w io.Writer, sts []TemplateStatus) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TEMPLATE\tON THIS HOST\tEXTENSIONS\tXCR0\tXSAVE BYTES")
+	fmt.Fprintln(tw, "TEMPLATE\tOFFERED\tEXTENSIONS\tXCR0\tXSAVE BYTES\t")
 	for _, s := range sts {
 		if s.Offered {
-			fmt.Fprintf(tw, "%s\tyes\t%d\t%s\t%d\n", s.Name, s.Extensions, s.XCR0, s.XSaveSize)
+			fmt.Fprintf(tw, "%s\tyes\t%d\t%s\t%d\t\n", s.Name, s.Extensions, s.XCR0, s.XSaveSize)
 		} else {
-			fmt.Fprintf(tw, "%s\tno: lacks %s\t-\t-\t-\n", s.Name, strings.Join(s.Missing, ", "))
+			fmt.Fprintf(tw, "%s\tno\t-\t-\t-\tlacks %s\n", s.Name, strings.Join(s.Missing, ", "))
 		}
 	}
 	tw.Flush()

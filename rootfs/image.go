@@ -1,6 +1,8 @@
 package rootfs
 
 import (
+	"github.com/kindlingvm/kindling/cpuid"
+
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -55,7 +57,11 @@ type ImageSpec struct {
 	// Recorded in the manifest: what the kernel builder found and chose.
 	Syscalls      []string
 	KernelOptions []string
-	CPUNeeds      []string
+	// CPUNeeds and CPUOptional are the task's required and optional
+	// instruction-set extensions; CPUTemplate is the CPU the image runs on.
+	CPUNeeds    []string
+	CPUOptional []string
+	CPUTemplate *cpuid.Template
 }
 
 // Artifact is one file of an image, by digest.
@@ -78,6 +84,10 @@ type Manifest struct {
 	Syscalls      []string   `json:"syscalls"`
 	KernelOptions []string   `json:"kernel_options"`
 	CPUNeeds      []string   `json:"cpu_needs"`
+	CPUOptional   []string   `json:"cpu_optional"`
+	// CPUTemplate is recorded whole, so a later change to a built-in
+	// template cannot change what an existing image's guests see.
+	CPUTemplate *cpuid.Template `json:"cpu_template,omitempty"`
 }
 
 func digest(name string, data []byte) Artifact {
@@ -109,7 +119,8 @@ func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 		return nil, fmt.Errorf("image: codec %q: want zstd, lz4 or none", spec.Codec)
 	}
 	m := &Manifest{Format: ManifestFormat, Codec: spec.Codec, Cmdline: spec.Cmdline, Kernel: digest("vmlinux", kernel),
-		Syscalls: nonNil(spec.Syscalls), KernelOptions: nonNil(spec.KernelOptions), CPUNeeds: nonNil(spec.CPUNeeds)}
+		Syscalls: nonNil(spec.Syscalls), KernelOptions: nonNil(spec.KernelOptions), CPUNeeds: nonNil(spec.CPUNeeds),
+		CPUOptional: nonNil(spec.CPUOptional), CPUTemplate: spec.CPUTemplate}
 	initF, err := FileFromHost("init", spec.Init)
 	if err != nil {
 		return nil, err

@@ -92,7 +92,7 @@ func invokeMain(args []string) error {
 	ctx := context.Background()
 	t0 := time.Now()
 	cfg := vmm.Config{Kernel: filepath.Join(*image, m.Kernel.Name), Initrd: filepath.Join(*image, m.Initramfs.Name), Cmdline: m.Cmdline,
-		MemoryMiB: memMiB, VCPUs: 1, Console: cons, Vsock: &vmm.Vsock{GuestCID: 3, Path: uds}}
+		MemoryMiB: memMiB, VCPUs: 1, Console: cons, Vsock: &vmm.Vsock{GuestCID: 3, Path: uds}, CPUTemplate: m.CPUTemplate}
 	p, err := launch.Start(ctx, cfg, launch.Options{ID: "invoke", Stdout: con, Stderr: os.Stderr, Start: true})
 	if err != nil {
 		return err

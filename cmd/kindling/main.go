@@ -19,6 +19,7 @@ Commands:
   image build build a task image: kernel, initramfs, manifest (kindling image --help)
   invoke      boot an image and invoke its task once
   host check  probe this host's KVM and say what it can run
+  cpu         CPU templates and a task's instruction-set needs (kindling cpu --help)
 
 Run 'kindling COMMAND --help' for a command's flags.
 `
@@ -59,6 +60,8 @@ func dispatch(args []string) error {
 		return invokeMain(args[1:])
 	case "host":
 		return hostMain(args[1:])
+	case "cpu":
+		return cpuMain(args[1:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return nil

@@ -20,6 +20,15 @@ var noStdlib []byte
 //go:embed csrc/sockets.c
 var sockets []byte
 
+//go:embed csrc/isa_vector.c
+var isaVector []byte
+
+//go:embed csrc/isa_avx512.c
+var isaAVX512 []byte
+
+//go:embed csrc/isa_dispatch.c
+var isaDispatch []byte
+
 // Task names.
 const (
 	GoHello     = "go-hello"      // writes to stdout
@@ -30,15 +39,23 @@ const (
 	CSockets    = "c-sockets"     // dynamic glibc with TCP and Unix sockets
 	GoHelloBare = "go-hello-bare" // GoHello stripped (-s -w)
 	GoLambda    = "go-lambda"     // an aws-lambda-go handler (echo, error, panic, sleep, exit, big)
+
+	// Instruction-set analysis tasks.
+	GoHTTPV3  = "go-http-v3" // GoHTTP built with GOAMD64=v3
+	CAVX2     = "c-avx2"     // a vectorised loop in main, -O3 -mavx2
+	CAVX512   = "c-avx512"   // AVX-512F intrinsics in main, -mavx512f
+	CDispatch = "c-dispatch" // AVX2 only behind __builtin_cpu_supports
+	CLevelV3  = "c-level-v3" // -march=x86-64-v3 -mneeded: an ISA-level note
 )
 
 // Build compiles task name into dir and returns the binary's path.
 func Build(dir, name string) (string, error) {
 	out := filepath.Join(dir, name)
 	var cmd *exec.Cmd
+	goAMD64 := "v1" // never the caller's environment's
 	goBuild := func(pkg string, ldflags string) *exec.Cmd {
 		c := exec.Command("go", "build", "-trimpath", "-ldflags="+ldflags, "-o", out, "github.com/kindlingvm/kindling/internal/testtasks/"+pkg)
-		c.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		c.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64="+goAMD64)
 		return c
 	}
 	cc := func(src []byte, file string, flags ...string) (*exec.Cmd, error) {
@@ -66,6 +83,17 @@ func Build(dir, name string) (string, error) {
 		cmd, err = cc(noStdlib, "nostdlib.c", "-static", "-nostdlib", "-fno-stack-protector", "-fcf-protection=none")
 	case CSockets:
 		cmd, err = cc(sockets, "sockets.c")
+	case GoHTTPV3:
+		goAMD64 = "v3"
+		cmd = goBuild("gohttp", "")
+	case CAVX2:
+		cmd, err = cc(isaVector, "isa_vector.c", "-O3", "-mavx2")
+	case CAVX512:
+		cmd, err = cc(isaAVX512, "isa_avx512.c", "-mavx512f")
+	case CDispatch:
+		cmd, err = cc(isaDispatch, "isa_dispatch.c", "-O3")
+	case CLevelV3:
+		cmd, err = cc(isaVector, "isa_vector.c", "-O3", "-march=x86-64-v3", "-mneeded")
 	default:
 		return "", fmt.Errorf("testtasks: unknown task %q", name)
 	}
