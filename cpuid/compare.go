@@ -1,9 +1,6 @@
 package cpuid
 
-import (
-	"fmt"
-	"sort"
-)
+import "fmt"
 
 // dynamicBits are feature-register bits that follow guest state (OSXSAVE
 // follows CR4.OSXSAVE, OSPKE follows CR4.PKE) or that the VMM sets itself
@@ -25,16 +22,7 @@ func featureRegs() []regKey {
 			out = append(out, k)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.leaf != b.leaf {
-			return a.leaf < b.leaf
-		}
-		if a.subleaf != b.subleaf {
-			return a.subleaf < b.subleaf
-		}
-		return a.reg < b.reg
-	})
+	sortRegKeys(out)
 	return out
 }
 

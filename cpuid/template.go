@@ -123,6 +123,19 @@ type regKey struct {
 	reg           Reg
 }
 
+func sortRegKeys(keys []regKey) {
+	sort.Slice(keys, func(i, j int) bool {
+		a, c := keys[i], keys[j]
+		if a.leaf != c.leaf {
+			return a.leaf < c.leaf
+		}
+		if a.subleaf != c.subleaf {
+			return a.subleaf < c.subleaf
+		}
+		return a.reg < c.reg
+	})
+}
+
 // bitmaps collects per-register bitmaps while a template is built.
 type bitmaps map[regKey][]byte
 
@@ -143,16 +156,7 @@ func (b bitmaps) modifiers() []RegisterModifier {
 	for k := range b {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		a, c := keys[i], keys[j]
-		if a.leaf != c.leaf {
-			return a.leaf < c.leaf
-		}
-		if a.subleaf != c.subleaf {
-			return a.subleaf < c.subleaf
-		}
-		return a.reg < c.reg
-	})
+	sortRegKeys(keys)
 	out := make([]RegisterModifier, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, RegisterModifier{Leaf: Hex32(k.leaf), Subleaf: k.subleaf, Register: k.reg.String(), Bitmap: string(b[k])})

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/kindlingvm/kindling/internal/elfsym"
 )
 
 // fn is a named address range of code.
@@ -448,17 +450,14 @@ func dynamicFuncs(ef *elf.File) []fn {
 // from the dynamic symbol table (a stripped library still exports its
 // API).
 func elfFuncs(ef *elf.File) (funcs []fn, fromSymtab bool) {
-	syms, err := ef.Symbols()
-	fromSymtab = err == nil && len(syms) > 0
-	if !fromSymtab {
-		syms, _ = ef.DynamicSymbols()
+	syms, fromSymtab := elfsym.Funcs(ef)
+	return toFns(syms), fromSymtab
+}
+
+func toFns(syms []elfsym.Sym) []fn {
+	out := make([]fn, len(syms))
+	for i, s := range syms {
+		out[i] = fn{name: s.Name, start: s.Start, end: s.End}
 	}
-	for _, s := range syms {
-		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Value == 0 || s.Section == elf.SHN_UNDEF {
-			continue
-		}
-		funcs = append(funcs, fn{name: s.Name, start: s.Value, end: s.Value + s.Size})
-	}
-	sort.Slice(funcs, func(i, j int) bool { return funcs[i].start < funcs[j].start })
-	return funcs, fromSymtab
+	return out
 }

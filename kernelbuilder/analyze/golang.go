@@ -1,11 +1,11 @@
 package analyze
 
 import (
+	"github.com/kindlingvm/kindling/internal/elfsym"
+
 	"debug/elf"
-	"debug/gosym"
 	"fmt"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
@@ -169,22 +169,6 @@ func (r *Report) analyseGo(path string, ef *elf.File) error {
 // goPclntab reads function boundaries from .gopclntab, which stripping
 // leaves in place.
 func goPclntab(ef *elf.File) ([]fn, error) {
-	sec, text := ef.Section(".gopclntab"), ef.Section(".text")
-	if sec == nil || text == nil {
-		return nil, fmt.Errorf("no .gopclntab section")
-	}
-	data, err := sec.Data()
-	if err != nil {
-		return nil, err
-	}
-	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
-	if err != nil {
-		return nil, fmt.Errorf("parse .gopclntab: %w", err)
-	}
-	out := make([]fn, 0, len(tab.Funcs))
-	for _, f := range tab.Funcs {
-		out = append(out, fn{name: f.Name, start: f.Entry, end: f.End})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
-	return out, nil
+	syms, err := elfsym.GoFuncs(ef)
+	return toFns(syms), err
 }
