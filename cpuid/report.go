@@ -103,3 +103,17 @@ func WriteDiff(w io.Writer, nameA, nameB string, a, b Table) {
 		fmt.Fprintf(w, "%s and %s expose the same features on this host\n", nameA, nameB)
 	}
 }
+
+// WriteRaw prints every entry of a table, one leaf and subleaf per line.
+func WriteRaw(w io.Writer, t Table) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LEAF\tSUBLEAF\tEAX\tEBX\tECX\tEDX")
+	for _, e := range t {
+		sub := "-"
+		if e.Flags&FlagSignificantIndex != 0 {
+			sub = fmt.Sprint(e.Subleaf)
+		}
+		fmt.Fprintf(tw, "0x%08x\t%s\t%08x\t%08x\t%08x\t%08x\n", uint32(e.Leaf), sub, uint32(e.EAX), uint32(e.EBX), uint32(e.ECX), uint32(e.EDX))
+	}
+	tw.Flush()
+}

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -31,5 +32,35 @@ func TestOwnCPUIDIsCompatible(t *testing.T) {
 	cpuid := m.vcpus[0].cpuid
 	if miss := kcpuid.Missing(kcpuid.FromKVM(cpuid), kcpuid.FromKVM(m.supportedCPUID)); len(miss) != 0 {
 		t.Fatalf("this host's own vCPU CPUID reported incompatible: %v", miss)
+	}
+}
+
+// A snapshot records its CPU template in its config; a host that cannot
+// offer the template refuses the restore, naming what it lacks.
+func TestSnapshotTemplateMustBeOffered(t *testing.T) {
+	v3, _ := kcpuid.Builtin(kcpuid.NameV3)
+	st := &MachineState{Config: Config{MemoryMiB: 4, VCPUs: 1, CPUTemplate: v3}}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back MachineState
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Config.CPUTemplate == nil || back.Config.CPUTemplate.Name != kcpuid.NameV3 || len(back.Config.CPUTemplate.CPUID) != len(v3.CPUID) {
+		t.Fatalf("template lost in the saved state: %s", b)
+	}
+	// A host with SSE4.2 but no AVX2 (leaf 7 EBX bit 5 clear).
+	host := []kvm.CPUIDEntry{
+		{Function: 0, Eax: 0xd},
+		{Function: 1, Ecx: 1<<0 | 1<<9 | 1<<12 | 1<<13 | 1<<19 | 1<<20 | 1<<22 | 1<<23 | 1<<26 | 1<<28 | 1<<29, Edx: 0x0f8b_fbff},
+		{Function: 7, Flags: 1, Ebx: 1<<3 | 1<<8},
+		{Function: 0x8000_0000, Eax: 0x8000_0001},
+		{Function: 0x8000_0001, Ecx: 1<<0 | 1<<5, Edx: 1<<11 | 1<<29},
+	}
+	err = checkCompatible(&back, host)
+	if !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), "CPU template x86-64-v3 needs avx2, which this host's KVM does not offer") {
+		t.Fatalf("restore on a host without AVX2: %v", err)
 	}
 }

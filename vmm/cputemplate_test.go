@@ -150,3 +150,28 @@ func TestCPUTemplateMSRModifiers(t *testing.T) {
 		m.Close()
 	}
 }
+
+// A snapshot of a VM on c3 restores on c3: the restored VM's config names
+// it, and each vCPU holds the same CPUID as before.
+func TestCPUTemplateSurvivesSnapshot(t *testing.T) {
+	requireKVM(t)
+	c3, _ := kcpuid.Builtin(kcpuid.NameC3)
+	m, err := New(Config{MemoryMiB: 8, VCPUs: 1, CPUTemplate: c3, Console: "none"}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	snap := runAndSnapshot(t, m, t.TempDir())
+	m.Stop()
+	r, err := Restore(snap, RestoreOverrides{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.cfg.CPUTemplate == nil || r.cfg.CPUTemplate.Name != kcpuid.NameC3 {
+		t.Fatalf("restored template %+v", r.cfg.CPUTemplate)
+	}
+	if !reflect.DeepEqual(r.vcpus[0].cpuid, m.vcpus[0].cpuid) {
+		t.Fatal("restored vCPU CPUID differs from the snapshot's")
+	}
+}

@@ -18,7 +18,8 @@ const cpuUsage = `usage: kindling cpu COMMAND [FLAGS] [ARGS]
 
 Commands:
   show                 this host's CPU as KVM offers it: features, XSAVE state,
-                       and which built-in CPU templates it can run
+                       and which built-in CPU templates it can run (--raw: the
+                       supported CPUID table itself)
   needs BINARY         the instruction-set extensions a task binary needs, each
                        'required' (declared by GOAMD64 or an ELF ISA-level note,
                        or used where no CPU-feature check guards it) or
@@ -110,12 +111,18 @@ func cpuShow(args []string) error {
 	dumpTo := fs.String("dump", "", "write the host's supported CPUID to `FILE` as a recorded dump")
 	template := fs.String("template", "", "print template `NAME` (or FILE) as JSON and what it exposes on this host")
 	hostDump := fs.String("host-dump", "", "use a recorded supported-CPUID `FILE` instead of /dev/kvm")
+	raw := fs.Bool("raw", false, "print the supported CPUID table itself, every leaf and register")
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
 	host, where, err := hostTable(*hostDump)
 	if err != nil {
 		return err
+	}
+	if *raw {
+		fmt.Printf("KVM_GET_SUPPORTED_CPUID, %s\n", where)
+		cpuid.WriteRaw(os.Stdout, host)
+		return nil
 	}
 	if *dumpTo != "" {
 		d := cpuid.Dump{CPU: cpuModel(), Vendor: host.Vendor(), Kind: "kvm-supported-cpuid",

@@ -18,6 +18,10 @@ func TestCPUCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "x86-64-v4  yes") || !strings.Contains(out, "avx512vl") {
 		t.Fatalf("show (%d):\n%s", code, out)
 	}
+	out, _, code = kindling(t, "cpu", "show", "--raw", "--host-dump", iceLake)
+	if code != 0 || !strings.Contains(out, "0x00000007  0        00000002  f1bf27eb") {
+		t.Fatalf("show --raw (%d):\n%s", code, out)
+	}
 	out, _, code = kindling(t, "cpu", "show", "--template", "c3", "--host-dump", iceLake)
 	if code != 0 || !strings.Contains(out, `"name": "c3"`) || strings.Contains(out, " avx2 ") {
 		t.Fatalf("show --template (%d):\n%s", code, out)
