@@ -285,8 +285,12 @@ func (s *scan) decode(code []byte, pc uint64, fi int) {
 		}
 		s.r.Instructions++
 		next := pc + uint64(off+in.Len)
-		for _, e := range in.Exts {
-			f.uses[e]++
+		// TZCNT runs as BSF on a CPU without BMI1, and compilers emit it
+		// for baseline targets knowing so: it requires nothing.
+		if in.Op != "TZCNT" {
+			for _, e := range in.Exts {
+				f.uses[e]++
+			}
 		}
 		if !in.VEX && !in.EVEX {
 			s.legacy(f, code[off:off+in.Len], next)
@@ -423,6 +427,13 @@ func (s *scan) dispatched(guard []bool) []bool {
 	for i, f := range s.info {
 		for j := range f.refs {
 			callers[j] = append(callers[j], i)
+		}
+	}
+	// Aliases (two symbols at one address, as glibc's memcpy and memmove
+	// variants are) share their callers: references name only one.
+	for i, f := range s.info {
+		if j, ok := s.byAddr[f.sym.Start]; ok && j != i {
+			callers[i] = append(callers[i], callers[j]...)
 		}
 	}
 	in := make([]bool, len(s.info))
