@@ -1,7 +1,8 @@
 package kernelbuilder_test
 
 import (
-	"bytes"
+	"github.com/kindlingvm/kindling/internal/syncbuf"
+
 	"context"
 	"fmt"
 	"io"
@@ -9,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,23 +21,6 @@ import (
 	"github.com/kindlingvm/kindling/rootfs"
 	"github.com/kindlingvm/kindling/vmm"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestHTTPTaskKernelBoots is the end-to-end check: the kernel the
 // builder derives for a Go HTTP server (plus the /init that starts it) is
@@ -96,7 +79,7 @@ func TestHTTPTaskKernelBoots(t *testing.T) {
 		cmdline += " " + kernelbuilder.EmulatedCPL0Cmdline()
 	}
 	testlock.Exclusive(t, "linux-boot")
-	con := &syncBuffer{}
+	con := &syncbuf.Buffer{}
 	vsockPath := filepath.Join(dir, "vsock")
 	m, err := vmm.New(vmm.Config{Kernel: art.Vmlinux, Initrd: initrd, Cmdline: cmdline, MemoryMiB: 256, VCPUs: 1,
 		Vsock: &vmm.Vsock{GuestCID: 3, Path: vsockPath}}, vmm.Options{Console: con})

@@ -1,10 +1,10 @@
 package vmm
 
 import (
-	"bytes"
+	"github.com/kindlingvm/kindling/internal/syncbuf"
+
 	"errors"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,22 +14,7 @@ import (
 )
 
 // syncBuffer is a console that tests can read while vCPUs write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // requireKVM skips, saying why, only where /dev/kvm cannot be opened.
 func requireKVM(t testing.TB) {
