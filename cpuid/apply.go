@@ -88,13 +88,3 @@ func hidePrerequisites(t Table) {
 		}
 	}
 }
-
-// Offers says whether the host can run the template, and if not, which
-// features it lacks.
-func (t *Template) Offers(supported Table) ([]string, error) {
-	_, err := t.Apply(supported)
-	if ue, ok := err.(*UnavailableError); ok {
-		return ue.Missing, nil
-	}
-	return nil, err
-}

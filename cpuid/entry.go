@@ -206,8 +206,7 @@ func (t Table) Vendor() string {
 	return string(b[:])
 }
 
-// IsIntel and IsAMD pick the vendor-specific leaves to normalise.
-func (t Table) IsIntel() bool { return t.Vendor() == "GenuineIntel" }
+// IsAMD picks the AMD-specific leaves to normalise.
 func (t Table) IsAMD() bool {
 	v := t.Vendor()
 	return v == "AuthenticAMD" || v == "HygonGenuine"

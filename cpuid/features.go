@@ -184,9 +184,6 @@ func Lookup(name string) *Feature {
 	return nil
 }
 
-// AllFeatures returns the feature table, in CPUID order.
-func AllFeatures() []Feature { return append([]Feature(nil), features...) }
-
 // LevelFeatures lists the ISA features an x86-64 psABI level (1-4)
 // includes, all lower levels' included.
 func LevelFeatures(level int) []string {

@@ -167,12 +167,9 @@ func (b bitmaps) modifiers() []RegisterModifier {
 // Load returns the built-in template of that name, or reads a JSON
 // template from a file.
 func Load(nameOrPath string) (*Template, error) {
-	if t, err := Builtin(nameOrPath); err == nil {
-		return t, nil
-	}
-	if !strings.ContainsAny(nameOrPath, "/.") {
-		_, err := Builtin(nameOrPath)
-		return nil, err
+	t, err := Builtin(nameOrPath)
+	if err == nil || !strings.ContainsAny(nameOrPath, "/.") {
+		return t, err
 	}
 	return LoadFile(nameOrPath)
 }

@@ -80,23 +80,23 @@ func (r *Report) names(required bool) []string {
 
 // File analyses the binary at path.
 func File(path string) (*Report, error) {
-	if err := checkMagic(path); err != nil {
-		return nil, err
-	}
-	ef, err := elf.Open(path)
+	f, err := os.Open(path)
 	if err != nil {
-		var fe *elf.FormatError
-		if errors.As(err, &fe) {
-			return nil, fmt.Errorf("%s: %w (%v)", path, ErrNotELF, err)
-		}
 		return nil, err
 	}
-	defer ef.Close()
+	defer f.Close()
+	if err := checkMagic(path, f); err != nil {
+		return nil, err
+	}
+	ef, err := elf.NewFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (%v)", path, ErrNotELF, err)
+	}
 	if ef.Class != elf.ELFCLASS64 || ef.Machine != elf.EM_X86_64 {
 		return nil, fmt.Errorf("%s: %w (%s %s); rebuild it for amd64 (GOARCH=amd64, or gcc -m64)", path, ErrNotX86_64, ef.Class, ef.Machine)
 	}
 	r := &Report{Path: path, Language: "c", Level: 1}
-	if bi, err := buildinfo.ReadFile(path); err == nil {
+	if bi, err := buildinfo.Read(f); err == nil {
 		r.Language = "go"
 		r.Level, r.LevelFrom = 1, "GOAMD64=v1 (the default)"
 		for _, s := range bi.Settings {
@@ -124,14 +124,9 @@ func File(path string) (*Report, error) {
 
 // checkMagic refuses a file that does not start like an ELF file, quoting
 // what it starts with instead.
-func checkMagic(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+func checkMagic(path string, f io.ReaderAt) error {
 	var b [4]byte
-	n, _ := io.ReadFull(f, b[:])
+	n, _ := f.ReadAt(b[:], 0)
 	if string(b[:n]) != elf.ELFMAG {
 		return fmt.Errorf("%s: %w (it starts %q); give the task's compiled binary", path, ErrNotELF, b[:n])
 	}
@@ -162,28 +157,20 @@ type scan struct {
 
 func newScan(ef *elf.File, r *Report) (*scan, error) {
 	s := &scan{ef: ef, r: r, byAddr: map[uint64]int{}}
-	var fromSymtab bool
-	if r.Language == "go" {
-		var err error
-		if s.funcs, err = elfsym.GoFuncs(ef); err != nil {
-			return nil, err
-		}
-		_, fromSymtab = elfsym.Funcs(ef)
-	} else {
-		s.funcs, fromSymtab = elfsym.Funcs(ef)
-	}
-	if fromSymtab {
-		s.objs, _ = elfsym.Objects(ef)
-	} else {
-		r.Notes = append(r.Notes, "no symbol table: the CPU-feature variables that guard dispatched code cannot be found")
-	}
 	var std func(elfsym.Sym) bool
 	if r.Language == "go" {
 		tab, err := elfsym.GoTable(ef)
 		if err != nil {
 			return nil, err
 		}
-		std = goStd(tab)
+		s.funcs, std = elfsym.TableFuncs(tab), goStd(tab)
+	} else {
+		s.funcs, _ = elfsym.Funcs(ef)
+	}
+	if objs, fromSymtab := elfsym.Objects(ef); fromSymtab {
+		s.objs = objs
+	} else {
+		r.Notes = append(r.Notes, "no symbol table: the CPU-feature variables that guard dispatched code cannot be found")
 	}
 	s.info = make([]*fnInfo, len(s.funcs))
 	for i, f := range s.funcs {

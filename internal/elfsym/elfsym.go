@@ -44,12 +44,17 @@ func GoFuncs(ef *elf.File) ([]Sym, error) {
 	if err != nil {
 		return nil, err
 	}
+	return TableFuncs(tab), nil
+}
+
+// TableFuncs lists a read .gopclntab's functions, sorted by address.
+func TableFuncs(tab *gosym.Table) []Sym {
 	out := make([]Sym, 0, len(tab.Funcs))
 	for _, f := range tab.Funcs {
 		out = append(out, Sym{Name: f.Name, Start: f.Entry, End: f.End})
 	}
 	sortSyms(out)
-	return out, nil
+	return out
 }
 
 // Funcs reads function symbols from the symbol table, or failing that
