@@ -12,7 +12,7 @@ export CGO_ENABLED := 0
 TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 20s
 
-.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels syscall-table demo clean
+.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels syscall-table proto demo clean
 
 all: build
 
@@ -62,6 +62,18 @@ bench-kernels: setup build
 # source (the drift test in make test says when this is needed).
 syscall-table: setup
 	$(GO) run ./kernelbuilder/syscalls/gen
+
+# Re-generate agent/api's Go code from agent/api/kindling.proto with Debian
+# bookworm's protoc (3.21.12, from make setup) and the protoc-gen-go and
+# protoc-gen-go-grpc that go.mod pins as tools (TestGeneratedCodeIsCurrent in
+# make test runs the same command and says when this is needed).
+proto: setup
+	gen_go=$$($(GO) tool -n protoc-gen-go) && \
+	gen_grpc=$$($(GO) tool -n protoc-gen-go-grpc) && \
+	cd agent/api && protoc \
+		--plugin=protoc-gen-go="$$gen_go" --go_out=. --go_opt=paths=source_relative \
+		--plugin=protoc-gen-go-grpc="$$gen_grpc" --go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		kindling.proto
 
 demo: setup build
 	$(GO) build -o $(BIN)/kindling-demo ./internal/demo

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Kindling's build, tests and demo need on a Debian host:
 # kernel sources and the tools to build them, binutils for the test guests,
-# and QEMU as the peer the benchmarks compare against. Idempotent: it
-# installs only what is missing.
+# QEMU as the peer the benchmarks compare against, protoc for agent/api's
+# generated code (make proto) and systemd-analyze (package systemd) to check
+# kindlingd's unit. Idempotent: it installs only what is missing.
 set -euo pipefail
 
 packages=(linux-source-6.12 build-essential binutils flex bison bc libelf-dev libssl-dev
-          cpio xz-utils zstd patch qemu-system-x86 curl linux-config-6.12)
+          cpio xz-utils zstd patch qemu-system-x86 curl linux-config-6.12
+          protobuf-compiler systemd)
 
 missing=()
 for p in "${packages[@]}"; do
