@@ -1,25 +1,46 @@
 // Command kindling is the developer's CLI: it boots and drives microVMs
-// (`kindling vm`), builds kernels (`kindling kernel`) and checks what this
-// host's KVM can do (`kindling host check`).
+// (`kindling vm`), builds kernels and images, checks what this host's KVM
+// can do (`kindling host check`), and is a client of kindlingd, the host
+// agent (`kindling function`, `invoke FUNCTION`, `invocation`,
+// `instances`, `host status`).
 package main
 
 import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 )
 
-const usage = `usage: kindling COMMAND [ARGS]
+const usage = `usage: kindling [--socket PATH] COMMAND [ARGS]
 
-Commands:
+Commands that run here:
   vm run      boot a kernel in a microVM and stream its console
   vm status   show a running VM's state (also: pause, resume, stop, metrics)
   kernel      build kernels (kindling kernel --help)
   image build build a task image: kernel, initramfs, manifest (kindling image --help)
-  invoke      boot an image and invoke its task once
+  invoke --image DIR
+              boot an image in a microVM and invoke its task once
   host check  probe this host's KVM and say what it can run
   cpu         CPU templates and a task's instruction-set needs (kindling cpu --help)
+
+Commands that ask kindlingd, the host agent:
+  function register NAME --image DIR
+              register a function version (kindling function --help)
+  function list, function delete NAME
+              the registered versions; remove one, or all of a function's
+  invoke FUNCTION --payload JSON
+              invoke a registered function: its logs on stderr, its response on stdout
+  invocation get ID
+              an invocation's state, result, start and phases
+  instances   the sandboxes kindlingd runs
+  host status kindlingd's backend, isolation, capacity, KVM and versions
+
+These find kindlingd on its Unix socket, --socket PATH (default
+$KINDLING_SOCKET, else /run/kindling/kindlingd.sock), or over TCP with
+--addr HOST:PORT and mutual TLS (--tls-cert FILE --tls-key FILE
+--tls-ca FILE). The flags go before or after the command.
 
 Run 'kindling COMMAND --help' for a command's flags.
 `
@@ -30,23 +51,35 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
-	err := dispatch(os.Args[1:])
+	d := newDaemonCLI(os.Stdout, os.Stderr, os.Getenv)
+	os.Exit(exitCode(dispatch(d, os.Args[1:]), os.Stderr))
+}
+
+// exitCode is the exit status for a command's error, which it prints
+// unless the command already has.
+func exitCode(err error, stderr io.Writer) int {
 	var ee exitError
 	switch {
 	case err == nil:
+		return 0
 	case errors.As(err, &ee):
-		os.Exit(ee.code)
+		return ee.code
 	case errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
-	default:
-		fmt.Fprintf(os.Stderr, "kindling: %v\n", err)
-		os.Exit(1)
+		return 0
 	}
+	fmt.Fprintf(stderr, "kindling: %v\n", err)
+	return 1
 }
 
-func dispatch(args []string) error {
+// dispatch runs a command; d runs those that talk to kindlingd and holds
+// the connection flags given before the command.
+func dispatch(d *daemonCLI, args []string) error {
+	args, err := d.globalFlags(args)
+	if err != nil {
+		return err
+	}
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprint(d.stderr, usage)
 		return exitError{2}
 	}
 	switch args[0] {
@@ -57,15 +90,24 @@ func dispatch(args []string) error {
 	case "image":
 		return imageMain(args[1:])
 	case "invoke":
-		return invokeMain(args[1:])
+		if hasImageFlag(args[1:]) {
+			return invokeMain(args[1:])
+		}
+		return d.invoke(args[1:])
+	case "function":
+		return d.functionMain(args[1:])
+	case "invocation":
+		return d.invocationMain(args[1:])
+	case "instances":
+		return d.instances(args[1:])
 	case "host":
-		return hostMain(args[1:])
+		return hostMain(d, args[1:])
 	case "cpu":
 		return cpuMain(args[1:])
 	case "-h", "--help", "help":
-		fmt.Print(usage)
+		fmt.Fprint(d.stdout, usage)
 		return nil
 	}
-	fmt.Fprint(os.Stderr, usage)
+	fmt.Fprint(d.stderr, usage)
 	return fmt.Errorf("unknown command %q", args[0])
 }
