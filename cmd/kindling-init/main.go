@@ -3,7 +3,9 @@
 // and connects to the host over vsock, reconnecting whenever the
 // connection drops (as it does after every snapshot restore). Run as a
 // host process (--channel unix:PATH) it is the same agent without the
-// guest set-up: the process sandbox backend and the tests use that.
+// guest set-up: the tests use that, and kindlingd's process sandbox
+// backend runs it with --sandbox in fresh namespaces, where it only
+// brings loopback up.
 package main
 
 import (
@@ -21,18 +23,25 @@ import (
 	"unsafe"
 
 	"github.com/u-root/u-root/pkg/libinit"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/kindlingvm/kindling/agent/guest"
 )
 
 const usage = `usage: kindling-init [--task PATH] [--channel vsock:CID:PORT|unix:PATH] [--function NAME]
+                     [--runtime-addr ADDR] [--sandbox]
 
 As PID 1 in a microVM it mounts /proc, /sys, /dev and /tmp, brings up
 loopback, runs the task with the Lambda Runtime API on 127.0.0.1:9001, and
 connects to the host (default vsock:2:1024, i.e. the VMM's <uds>_1024).
 On every connection the host's hello sets the clock and reseeds entropy
 (as PID 1 only). If the agent stops, the VM reboots.
+
+With --sandbox it is a host process under kindlingd's process backend, in
+its own network namespace: it never acts as PID 1 (no mounts, clock,
+entropy or reboot), only brings loopback up for the Runtime API, and exits
+where PID 1 would reboot.
 `
 
 // DefaultPort is the host vsock port the agent connects to.
@@ -45,10 +54,11 @@ func main() {
 	channel := fs.String("channel", "vsock:2:"+strconv.Itoa(DefaultPort), "how to reach the host: vsock:CID:PORT or unix:PATH")
 	runtimeAddr := fs.String("runtime-addr", guest.DefaultRuntimeAddr, "Runtime API listen `address`")
 	function := fs.String("function", "task", "function `name` reported to the task")
+	sandbox := fs.Bool("sandbox", false, "run as a host process under kindlingd's process backend: never PID 1's duties, bring loopback up")
 	fs.Parse(os.Args[1:])
-	pid1 := os.Getpid() == 1
+	pid1 := !*sandbox && os.Getpid() == 1
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	err := run(log, pid1, *task, *channel, *runtimeAddr, *function)
+	err := run(log, pid1, *sandbox, *task, *channel, *runtimeAddr, *function)
 	log.Error("kindling-init stopped", "error", err)
 	if pid1 {
 		unix.Sync()
@@ -57,13 +67,18 @@ func main() {
 	os.Exit(1)
 }
 
-func run(log *slog.Logger, pid1 bool, task, channel, runtimeAddr, function string) error {
+func run(log *slog.Logger, pid1, sandbox bool, task, channel, runtimeAddr, function string) error {
 	dial, err := dialer(channel)
 	if err != nil {
 		return err
 	}
 	if pid1 {
 		if err := setupGuest(); err != nil {
+			return err
+		}
+	}
+	if sandbox {
+		if err := loopbackUp(); err != nil {
 			return err
 		}
 	}
@@ -147,6 +162,22 @@ func setupGuest() error {
 		}
 	}
 	libinit.NetInit()
+	return nil
+}
+
+// loopbackUp brings up lo, which a new network namespace starts with
+// down: the Runtime API listens on it.
+func loopbackUp() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	if lo.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
 	return nil
 }
 

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,5 +86,65 @@ func TestInitServesAndReconnects(t *testing.T) {
 			t.Fatalf("round %d: %v %s %s", round, err, f.Type, f.Body)
 		}
 		conn.Close()
+	}
+}
+
+// With --sandbox, kindling-init runs as kindlingd's process backend runs
+// it: in a network namespace of its own, whose loopback it must bring up
+// for the Runtime API.
+func TestSandboxBringsLoopbackUp(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: a new network namespace needs root")
+	}
+	dir := t.TempDir()
+	initBin := filepath.Join(dir, "kindling-init")
+	if out, err := exec.Command("go", "build", "-o", initBin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v %s", err, out)
+	}
+	task, err := testtasks.Build(dir, testtasks.GoLambda)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "host.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cmd := exec.Command(initBin, "--sandbox", "--task", task, "--channel", "unix:"+sock, "--runtime-addr", "127.0.0.1:0")
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNET}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
+	ln.(*net.UnixListener).SetDeadline(time.Now().Add(30 * time.Second))
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("kindling-init did not connect: %v", err)
+	}
+	defer conn.Close()
+	c := guest.NewClient(conn)
+	if err := c.Hello([]byte("seed")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the task never asked for an invocation")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f, err := c.Invoke(ctx, "id-sandbox", []byte(`{"op":"echo","text":"namespaced"}`), 10*time.Second)
+	if err != nil || f.Type != guest.TypeResponse || !strings.Contains(string(f.Body), "namespaced") {
+		t.Fatalf("%v %s %s", err, f.Type, f.Body)
+	}
+	mine, _ := os.Readlink("/proc/self/ns/net")
+	if its, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)); its == mine {
+		t.Fatal("kindling-init shares the test's network namespace")
+	}
+	// A loopback already up (the host's) is fine too.
+	if err := loopbackUp(); err != nil {
+		t.Errorf("loopback already up: %v", err)
 	}
 }

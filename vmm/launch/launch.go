@@ -55,7 +55,20 @@ type Options struct {
 	Prefetch bool
 	// ReadyTimeout bounds how long the API may take to come up.
 	ReadyTimeout time.Duration
+	// Detach starts a VMM that outlives its starter (kindlingd, which
+	// reattaches to it after a restart): its own session rather than a
+	// process group, no parent-death signal, and its stdout and stderr go
+	// to DetachedStdout and DetachedStderr in Dir (Stdout and Stderr are
+	// not used), never to pipes whose reader may die. Dir must be given.
+	// The Process works as usual while its starter lives.
+	Detach bool
 }
+
+// Files a detached VMM writes in its Dir.
+const (
+	DetachedStdout = "console.log" // the guest console, with config Console "stdout"
+	DetachedStderr = "vmm.log"     // the VMM's own logs and errors
+)
 
 // Process is a running kindling-vmm.
 type Process struct {
@@ -75,6 +88,9 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		if bin, err = FindBinary(); err != nil {
 			return nil, err
 		}
+	}
+	if opt.Detach && opt.Dir == "" {
+		return nil, errors.New("launch: a detached VMM needs a Dir for its sockets and logs")
 	}
 	p := &Process{exited: make(chan struct{})}
 	dir := opt.Dir
@@ -122,19 +138,34 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		args = append(args, "--start")
 	}
 	p.Cmd = exec.Command(bin, args...)
-	p.Cmd.Stdout = opt.Stdout
 	// Keep the start of stderr so an early failure can be reported as the
 	// VMM's own one-line message.
 	early := &headBuffer{max: 4096}
-	if opt.Stderr != nil {
-		p.Cmd.Stderr = io.MultiWriter(early, opt.Stderr)
+	earlyMsg := early.String
+	if opt.Detach {
+		from, err := detach(p.Cmd, dir)
+		if err != nil {
+			return nil, err
+		}
+		earlyMsg = func() string { return readAt(filepath.Join(dir, DetachedStderr), from, early.max) }
 	} else {
-		p.Cmd.Stderr = early
+		p.Cmd.Stdout = opt.Stdout
+		if opt.Stderr != nil {
+			p.Cmd.Stderr = io.MultiWriter(early, opt.Stderr)
+		} else {
+			p.Cmd.Stderr = early
+		}
+		// Its own process group: a Ctrl-C reaches the CLI, which stops the VM
+		// through the API and so learns the exit reason.
+		p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	}
-	// Its own process group: a Ctrl-C reaches the CLI, which stops the VM
-	// through the API and so learns the exit reason.
-	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := p.Cmd.Start(); err != nil {
+	err = p.Cmd.Start()
+	if opt.Detach {
+		// The child holds its own copies of the log files.
+		p.Cmd.Stdout.(*os.File).Close()
+		p.Cmd.Stderr.(*os.File).Close()
+	}
+	if err != nil {
 		p.cleanup()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -159,12 +190,50 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		}
 	case <-p.exited:
 		p.cleanup()
-		if msg := strings.TrimSpace(early.String()); msg != "" {
+		if msg := strings.TrimSpace(earlyMsg()); msg != "" {
 			return nil, errors.New(strings.TrimPrefix(msg, BinaryName+": "))
 		}
 		return nil, fmt.Errorf("%s exited before its API came up: %v", BinaryName, p.err)
 	}
 	return p, nil
+}
+
+// detach sets cmd up to outlive its starter: a session of its own, no
+// parent-death signal, stdin /dev/null, stdout and stderr to files in dir
+// (appended to, so a VMM started again in the same dir keeps the history).
+// It returns where this VMM's stderr starts in its file.
+func detach(cmd *exec.Cmd, dir string) (int64, error) {
+	var files [2]*os.File
+	for i, name := range []string{DetachedStdout, DetachedStderr} {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			if i == 1 {
+				files[0].Close()
+			}
+			return 0, fmt.Errorf("launch: %w", err)
+		}
+		files[i] = f
+	}
+	st, err := files[1].Stat()
+	if err != nil {
+		files[0].Close()
+		files[1].Close()
+		return 0, fmt.Errorf("launch: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = files[0], files[1]
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return st.Size(), nil
+}
+
+// readAt returns up to max bytes of the file at path from offset off, or "".
+func readAt(path string, off int64, max int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.NewSectionReader(f, off, int64(max)))
+	return string(b)
 }
 
 // Exited is closed when the process has ended.

@@ -1,0 +1,47 @@
+package host
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/kindlingvm/kindling/vmm/hostcheck"
+)
+
+// Backends builds both backends for a state directory: new sandboxes use
+// the chosen one, and either can reattach what an earlier kindlingd
+// started.
+func Backends(stateDir, cgroupParent string, log *slog.Logger) map[string]Backend {
+	return map[string]Backend{
+		BackendProcess: NewProcessBackend(ProcessOptions{ImageCache: filepath.Join(stateDir, "images"), CgroupParent: cgroupParent, Logger: log}),
+		BackendMicroVM: NewMicroVMBackend(MicroVMOptions{Logger: log}),
+	}
+}
+
+// ChooseBackend picks the backend from --backend ("auto", "microvm" or
+// "process") and the host check, and says why.
+func ChooseBackend(flag string, report *hostcheck.Report) (name, reason string, err error) {
+	switch flag {
+	case "", "auto":
+		if report.UserSpaceRuns() {
+			return BackendMicroVM, fmt.Sprintf("KVM runs a guest's user space here (%s host)", report.HostKind), nil
+		}
+		why := report.KVM.Detail
+		if report.KVM.OK {
+			why = report.UserSyscalls.Detail
+		}
+		return BackendProcess, fmt.Sprintf("this host cannot run a guest's user space (%s), so sandboxes are jailed host processes: NOT isolation-grade; use a VMX/SVM KVM host (or a PVM guest kernel) for untrusted code", why), nil
+	case BackendMicroVM:
+		if !report.KVM.OK {
+			return "", "", fmt.Errorf("--backend microvm: %s", report.KVM.Detail)
+		}
+		reason := "--backend microvm"
+		if !report.UserSpaceRuns() {
+			reason += fmt.Sprintf(" (warning: the host check says guest user space cannot run here: %s)", report.UserSyscalls.Detail)
+		}
+		return BackendMicroVM, reason, nil
+	case BackendProcess:
+		return BackendProcess, "--backend process: sandboxes are jailed host processes, NOT isolation-grade", nil
+	}
+	return "", "", fmt.Errorf("--backend %q: want auto, microvm or process", flag)
+}

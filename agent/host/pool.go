@@ -1,0 +1,487 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/kindlingvm/kindling/agent/api"
+	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/cpuid"
+	"github.com/kindlingvm/kindling/rootfs"
+)
+
+// errQueueFull is a function whose queue is at its limit.
+var errQueueFull = errors.New("queue full")
+
+// gate is a function version's concurrency limit with its bounded queue.
+// A released slot passes straight to the oldest waiter, so the queue is
+// served in order.
+type gate struct {
+	mu         sync.Mutex
+	limit      int
+	queueLimit int
+	running    int
+	waiters    []chan struct{}
+}
+
+// reserve takes a slot (nil: run now) or a place in the queue (a channel
+// closed when the slot is handed over). bounded places count against the
+// queue limit; unbounded ones (accepted asynchronous invocations, already
+// on disk) do not.
+func (g *gate) reserve(bounded bool) (chan struct{}, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.running < g.limit {
+		g.running++
+		return nil, nil
+	}
+	if bounded && len(g.waiters) >= g.queueLimit {
+		return nil, errQueueFull
+	}
+	ch := make(chan struct{})
+	g.waiters = append(g.waiters, ch)
+	return ch, nil
+}
+
+// wait waits for a reserved place; on ctx's end it gives the place up.
+func (g *gate) wait(ctx context.Context, ch chan struct{}) error {
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i, w := range g.waiters {
+		if w == ch {
+			g.waiters = append(g.waiters[:i], g.waiters[i+1:]...)
+			return ctx.Err()
+		}
+	}
+	// Handed over while we gave up: pass it on.
+	g.releaseLocked()
+	return ctx.Err()
+}
+
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.releaseLocked()
+}
+
+func (g *gate) releaseLocked() {
+	if len(g.waiters) > 0 {
+		close(g.waiters[0])
+		g.waiters = g.waiters[1:]
+		return
+	}
+	g.running--
+}
+
+func (g *gate) depth() (running, queued int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.running, len(g.waiters)
+}
+
+// fnKey names a function version.
+type fnKey struct{ name, version string }
+
+func (k fnKey) String() string { return k.name + ":" + k.version }
+
+// function is a registered version and its pools. Fields after mu's
+// comment are guarded by Daemon.mu.
+type function struct {
+	key        fnKey
+	spec       *api.FunctionSpec
+	manifest   *rootfs.Manifest
+	template   *cpuid.Template
+	registered time.Time
+	gate       *gate
+
+	// snapMu serialises cutting the warm snapshot.
+	snapMu sync.Mutex
+
+	// Guarded by Daemon.mu:
+	snapshot  string
+	pools     map[string][]*instance // idle instances by tenant, most recently used last
+	deleted   bool
+	refilling bool
+}
+
+func (f *function) timeout() time.Duration {
+	return time.Duration(f.spec.TimeoutMs) * time.Millisecond
+}
+
+func (f *function) keepAlive() time.Duration {
+	return time.Duration(f.spec.KeepAliveMs) * time.Millisecond
+}
+
+func (f *function) env() []string {
+	var env []string
+	for k, v := range f.spec.Environment {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	return env
+}
+
+// Instance states.
+const (
+	instStarting = "starting"
+	instIdle     = "idle"
+	instBusy     = "busy"
+)
+
+// Start kinds.
+const (
+	startWarm    = "warm"
+	startRestore = "restore"
+	startCold    = "cold"
+)
+
+// instance is a sandbox serving one function version for one tenant. Its
+// mutable fields are guarded by Daemon.mu.
+type instance struct {
+	id        string
+	fn        *function
+	tenant    string
+	sb        Sandbox
+	startKind string
+	started   time.Time
+
+	state string
+	fresh bool // started for the invocation that acquires it
+	// How long its start took, by phase (for Prewarm's answer).
+	bootTook, warmupTook, snapshotTook time.Duration
+	lastUsed                           time.Time
+	invocations                        uint64
+}
+
+func (i *instance) alive() bool {
+	select {
+	case <-i.sb.Exited():
+		return false
+	default:
+		return true
+	}
+}
+
+// acquire finds an instance of fn for tenant: an idle one of the tenant's
+// sub-pool, else one restored from the version's warm snapshot, else a
+// cold boot (which runs the warm-ups and cuts the snapshot if there is
+// none yet).
+func (d *Daemon) acquire(ctx context.Context, fn *function, tenant string, log *slog.Logger) (*instance, error) {
+	d.mu.Lock()
+	for {
+		idle := fn.pools[tenant]
+		if len(idle) == 0 {
+			break
+		}
+		inst := idle[len(idle)-1]
+		fn.pools[tenant] = idle[:len(idle)-1]
+		if !inst.alive() {
+			d.forgetLocked(inst)
+			go d.stopInstance(inst, "died while idle: "+inst.sb.ExitReason())
+			continue
+		}
+		inst.state = instBusy
+		d.mu.Unlock()
+		d.metrics.starts.WithLabelValues(startWarm).Inc()
+		return inst, nil
+	}
+	snapshot := fn.snapshot
+	if err := d.makeRoomLocked(); err != nil {
+		d.mu.Unlock()
+		return nil, err
+	}
+	d.mu.Unlock()
+	if snapshot != "" && d.backend.CanSnapshot() {
+		inst, err := d.startInstance(ctx, fn, tenant, startRestore, snapshot)
+		if err == nil {
+			return inst, nil
+		}
+		log.Warn("restore from the warm snapshot failed; booting cold", "snapshot", snapshot, "error", err)
+	}
+	return d.startInstance(ctx, fn, tenant, startCold, "")
+}
+
+// makeRoomLocked stops the least recently used idle instance of any
+// function when the host is at its instance limit.
+func (d *Daemon) makeRoomLocked() error {
+	if len(d.instances) < d.cfg.MaxInstances {
+		return nil
+	}
+	var lru *instance
+	for _, inst := range d.instances {
+		if inst.state == instIdle && (lru == nil || inst.lastUsed.Before(lru.lastUsed)) {
+			lru = inst
+		}
+	}
+	if lru == nil {
+		return fmt.Errorf("%w: this host runs its limit of %d instances, all busy", errHostFull, d.cfg.MaxInstances)
+	}
+	d.removeIdleLocked(lru)
+	d.forgetLocked(lru)
+	go d.stopInstance(lru, "evicted to make room")
+	return nil
+}
+
+var errHostFull = errors.New("host full")
+
+// startTimeout bounds a boot or restore, to the task's first request for
+// an invocation: a task that never gets there is stopped.
+const startTimeout = time.Minute
+
+// startInstance boots or restores a sandbox, runs the version's warm-ups
+// in it and, after a cold boot, cuts the warm snapshot if the version has
+// none. The instance is returned busy.
+func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, snapshot string) (*instance, error) {
+	id := newInstanceID()
+	spec := Spec{ID: id, Dir: filepath.Join(d.cfg.StateDir, "sandboxes", id), Image: fn.spec.Image.Path, Manifest: fn.manifest,
+		Function: fn.key.name, Env: fn.env(), MemoryMiB: int(fn.spec.MemoryMib), VCPUs: int(fn.spec.Vcpus), CPUTemplate: fn.template}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("instance %s: %w", id, err)
+	}
+	inst := &instance{id: id, fn: fn, tenant: tenant, startKind: kind, started: time.Now(), state: instStarting, fresh: true}
+	d.mu.Lock()
+	d.instances[id] = inst
+	d.mu.Unlock()
+	log := d.log.With("function", fn.key.name, "version", fn.key.version, "tenant", tenant, "instance", id)
+	var sb Sandbox
+	var err error
+	bctx, cancel := context.WithTimeout(ctx, startTimeout)
+	if kind == startRestore {
+		sb, err = d.backend.Restore(bctx, spec, snapshot)
+	} else {
+		sb, err = d.backend.Boot(bctx, spec)
+	}
+	cancel()
+	if err != nil {
+		d.mu.Lock()
+		delete(d.instances, id)
+		d.mu.Unlock()
+		os.RemoveAll(spec.Dir)
+		return nil, fmt.Errorf("%s start of %s: %w", kind, fn.key, err)
+	}
+	inst.sb = sb
+	rec := sandboxRecord{Record: sb.Record(), Function: fn.key.name, Version: fn.key.version, Tenant: tenant, StartKind: kind, StartedNs: inst.started.UnixNano()}
+	if err := d.store.put(bucketSandboxes, id, rec); err != nil {
+		log.Error("cannot record the sandbox; a restart will not find it", "error", err)
+	}
+	d.metrics.starts.WithLabelValues(kind).Inc()
+	inst.bootTook = time.Since(inst.started)
+	log.Info("instance started", "kind", kind, "backend", d.backend.Name(), "pid", rec.PID, "took", inst.bootTook.Round(time.Microsecond))
+	if kind == startCold {
+		t := time.Now()
+		d.warmUp(ctx, inst, log)
+		inst.warmupTook = time.Since(t)
+		t = time.Now()
+		d.maybeSnapshot(ctx, inst, log)
+		inst.snapshotTook = time.Since(t)
+	}
+	d.mu.Lock()
+	inst.state = instBusy
+	inst.lastUsed = time.Now()
+	d.mu.Unlock()
+	return inst, nil
+}
+
+// warmUp runs the version's warm-up payloads; a failing one is logged and
+// the instance serves anyway.
+func (d *Daemon) warmUp(ctx context.Context, inst *instance, log *slog.Logger) {
+	for i, p := range inst.fn.spec.WarmupPayloads {
+		id := fmt.Sprintf("warmup-%s-%d", inst.id, i)
+		f, err := inst.sb.Invoke(ctx, id, p, inst.fn.timeout(), nil)
+		switch {
+		case err != nil:
+			log.Warn("warm-up invocation failed", "warmup", i, "error", err)
+			return
+		case f.Type == guest.TypeError:
+			log.Warn("warm-up invocation returned an error", "warmup", i, "error_type", f.ErrorType, "body", string(f.Body))
+		}
+	}
+}
+
+// maybeSnapshot cuts the version's warm snapshot from inst, once.
+func (d *Daemon) maybeSnapshot(ctx context.Context, inst *instance, log *slog.Logger) (string, error) {
+	if !d.backend.CanSnapshot() {
+		return "", ErrNoSnapshots
+	}
+	fn := inst.fn
+	fn.snapMu.Lock()
+	defer fn.snapMu.Unlock()
+	d.mu.Lock()
+	have := fn.snapshot
+	d.mu.Unlock()
+	if have != "" {
+		return have, nil
+	}
+	return d.cutSnapshot(ctx, inst, log)
+}
+
+// cutSnapshot snapshots inst into the version's snapshot directory,
+// replacing any earlier one. Callers hold fn.snapMu.
+func (d *Daemon) cutSnapshot(ctx context.Context, inst *instance, log *slog.Logger) (string, error) {
+	fn := inst.fn
+	dir := filepath.Join(d.cfg.StateDir, "snapshots", fn.key.name, fn.key.version)
+	tmp := dir + ".new"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return "", err
+	}
+	t0 := time.Now()
+	if err := inst.sb.Snapshot(ctx, tmp); err != nil {
+		os.RemoveAll(tmp)
+		log.Warn("warm snapshot failed; the version runs without one", "error", err)
+		return "", err
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	fn.snapshot = dir
+	d.mu.Unlock()
+	if err := d.saveFunction(fn); err != nil {
+		log.Error("cannot record the warm snapshot", "error", err)
+	}
+	log.Info("warm snapshot cut", "dir", dir, "took", time.Since(t0).Round(time.Microsecond))
+	return dir, nil
+}
+
+// release returns a busy instance to its tenant's pool, or stops it if it
+// died or its function was deleted.
+func (d *Daemon) release(inst *instance) {
+	d.mu.Lock()
+	inst.lastUsed = time.Now()
+	if !inst.alive() || inst.fn.deleted || d.instances[inst.id] != inst {
+		d.forgetLocked(inst)
+		d.mu.Unlock()
+		go d.stopInstance(inst, "released after it died or its function was deleted")
+		return
+	}
+	inst.state = instIdle
+	inst.fresh = false // whatever comes next is a warm start
+	inst.fn.pools[inst.tenant] = append(inst.fn.pools[inst.tenant], inst)
+	d.mu.Unlock()
+}
+
+// discard stops a busy instance that must not serve again.
+func (d *Daemon) discard(inst *instance, why string) {
+	d.mu.Lock()
+	d.forgetLocked(inst)
+	d.mu.Unlock()
+	d.stopInstance(inst, why)
+}
+
+func (d *Daemon) removeIdleLocked(inst *instance) {
+	idle := inst.fn.pools[inst.tenant]
+	for i, x := range idle {
+		if x == inst {
+			inst.fn.pools[inst.tenant] = append(idle[:i:i], idle[i+1:]...)
+			return
+		}
+	}
+}
+
+func (d *Daemon) forgetLocked(inst *instance) {
+	if d.instances[inst.id] == inst {
+		delete(d.instances, inst.id)
+	}
+}
+
+// stopInstance ends a sandbox and forgets its record.
+func (d *Daemon) stopInstance(inst *instance, why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if inst.sb != nil {
+		if err := inst.sb.Stop(ctx); err != nil {
+			d.log.Warn("stop instance", "instance", inst.id, "error", err)
+		}
+	}
+	if err := d.store.delete(bucketSandboxes, inst.id); err != nil {
+		d.log.Warn("forget instance", "instance", inst.id, "error", err)
+	}
+	d.log.Info("instance stopped", "instance", inst.id, "function", inst.fn.key.name, "version", inst.fn.key.version, "tenant", inst.tenant, "why", why)
+}
+
+// housekeeping reclaims idle instances past their keep-alive (keeping a
+// version's min_warm for its own tenant) and refills pools below min_warm.
+func (d *Daemon) housekeeping(ctx context.Context) {
+	now := time.Now()
+	var stop []*instance
+	var refill []*function
+	d.mu.Lock()
+	for _, fn := range d.functions {
+		for tenant, idle := range fn.pools {
+			keep := 0
+			if tenant == fn.spec.Tenant {
+				keep = int(fn.spec.MinWarm)
+			}
+			// Oldest first; the newest min_warm stay.
+			var kept []*instance
+			for i, inst := range idle {
+				if !inst.alive() || (now.Sub(inst.lastUsed) > fn.keepAlive() && len(idle)-i > keep) {
+					stop = append(stop, inst)
+					d.forgetLocked(inst)
+					continue
+				}
+				kept = append(kept, inst)
+			}
+			fn.pools[tenant] = kept
+		}
+		if fn.spec.MinWarm > 0 && !fn.refilling && !fn.deleted && !d.draining {
+			n := 0
+			for _, inst := range d.instances {
+				if inst.fn == fn && inst.tenant == fn.spec.Tenant {
+					n++
+				}
+			}
+			if n < int(fn.spec.MinWarm) {
+				fn.refilling = true
+				refill = append(refill, fn)
+			}
+		}
+	}
+	d.mu.Unlock()
+	for _, inst := range stop {
+		why := "keep-alive expired"
+		if !inst.alive() {
+			why = "died while idle: " + inst.sb.ExitReason()
+		}
+		d.stopInstance(inst, why)
+	}
+	for _, fn := range refill {
+		go func() {
+			defer func() { d.mu.Lock(); fn.refilling = false; d.mu.Unlock() }()
+			d.mu.Lock()
+			err := d.makeRoomLocked()
+			snapshot := fn.snapshot
+			d.mu.Unlock()
+			if err != nil {
+				return
+			}
+			kind := startCold
+			if snapshot != "" && d.backend.CanSnapshot() {
+				kind = startRestore
+			}
+			inst, err := d.startInstance(ctx, fn, fn.spec.Tenant, kind, snapshot)
+			if err != nil {
+				d.log.Warn("refill failed", "function", fn.key.name, "version", fn.key.version, "error", err)
+				return
+			}
+			d.release(inst)
+		}()
+	}
+}

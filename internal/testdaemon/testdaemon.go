@@ -1,0 +1,198 @@
+// Package testdaemon runs a real kindlingd for tests, benchmarks and the
+// demo: it builds kindlingd, kindling-init and the aws-lambda-go test task,
+// packs them into an image, starts kindlingd as a process and dials its
+// socket.
+package testdaemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/kindlingvm/kindling/agent/api"
+	"github.com/kindlingvm/kindling/internal/syncbuf"
+	"github.com/kindlingvm/kindling/internal/testtasks"
+	"github.com/kindlingvm/kindling/rootfs"
+)
+
+// Binaries are what a test daemon runs.
+type Binaries struct {
+	Dir       string
+	Kindlingd string
+	Init      string
+	Task      string
+	// Image is an image of the aws-lambda-go test task (a placeholder
+	// kernel: the process backend never boots it).
+	Image       string
+	ManifestSHA string
+}
+
+// Build builds everything into dir.
+func Build(dir string) (*Binaries, error) {
+	b := &Binaries{Dir: dir, Kindlingd: filepath.Join(dir, "kindlingd"), Init: filepath.Join(dir, "kindling-init")}
+	for pkg, out := range map[string]string{"./cmd/kindlingd": b.Kindlingd, "./cmd/kindling-init": b.Init} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Dir = ModuleRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if o, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("build %s: %v\n%s", pkg, err, o)
+		}
+	}
+	task, err := testtasks.Build(dir, testtasks.GoLambda)
+	if err != nil {
+		return nil, err
+	}
+	b.Task = task
+	kernel := filepath.Join(dir, "placeholder-kernel")
+	if err := os.WriteFile(kernel, []byte("the process backend does not boot a kernel\n"), 0o644); err != nil {
+		return nil, err
+	}
+	b.Image = filepath.Join(dir, "image")
+	if _, err := rootfs.BuildImage(rootfs.ImageSpec{Init: b.Init, Task: b.Task, Kernel: kernel, Codec: rootfs.CodecNone}, b.Image); err != nil {
+		return nil, err
+	}
+	if b.ManifestSHA, err = ManifestSHA(b.Image); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// ManifestSHA is the digest of an image's manifest.json.
+func ManifestSHA(image string) (string, error) {
+	m, err := os.ReadFile(filepath.Join(image, "manifest.json"))
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(m)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// ModuleRoot is the repository's root, found from this source tree.
+func ModuleRoot() string {
+	dir, _ := os.Getwd()
+	for d := dir; d != "/"; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+	}
+	return dir
+}
+
+// Daemon is a running kindlingd.
+type Daemon struct {
+	Cmd      *exec.Cmd
+	StateDir string
+	Socket   string
+	Conn     *grpc.ClientConn
+	API      api.KindlingClient
+	// Log is kindlingd's stderr.
+	Log    *syncbuf.Buffer
+	exited chan struct{}
+	err    error
+}
+
+// Start runs kindlingd with the process backend on stateDir (its socket
+// inside it) plus args, and waits until its health service says SERVING.
+func Start(b *Binaries, stateDir string, log io.Writer, args ...string) (*Daemon, error) {
+	d := &Daemon{StateDir: stateDir, Socket: filepath.Join(stateDir, "kindlingd.sock"), Log: &syncbuf.Buffer{}, exited: make(chan struct{})}
+	args = append([]string{"--state-dir", stateDir, "--socket", d.Socket, "--backend", "process"}, args...)
+	d.Cmd = exec.Command(b.Kindlingd, args...)
+	d.Cmd.Stderr = d.Log
+	if log != nil {
+		d.Cmd.Stderr = io.MultiWriter(d.Log, log)
+	}
+	if err := d.Cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { d.err = d.Cmd.Wait(); close(d.exited) }()
+	conn, err := grpc.NewClient("unix://"+d.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+	if err != nil {
+		d.Kill()
+		return nil, err
+	}
+	d.Conn, d.API = conn, api.NewKindlingClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-d.exited:
+			return nil, fmt.Errorf("kindlingd exited before serving: %v\n%s", d.err, d.Log)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && r.Status == healthpb.HealthCheckResponse_SERVING {
+			return d, nil
+		}
+		if time.Now().After(deadline) {
+			d.Kill()
+			return nil, fmt.Errorf("kindlingd not serving after 30s: %v\n%s", err, d.Log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Exited is closed when kindlingd has exited.
+func (d *Daemon) Exited() <-chan struct{} { return d.exited }
+
+// Kill SIGKILLs kindlingd (its sandboxes live on).
+func (d *Daemon) Kill() {
+	d.Cmd.Process.Kill()
+	<-d.exited
+	if d.Conn != nil {
+		d.Conn.Close()
+	}
+}
+
+// Terminate sends SIGTERM and waits for kindlingd to exit, returning its
+// exit status.
+func (d *Daemon) Terminate(timeout time.Duration) (int, error) {
+	d.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(timeout):
+		d.Kill()
+		return -1, errors.New("kindlingd did not exit after SIGTERM")
+	}
+	if d.Conn != nil {
+		d.Conn.Close()
+	}
+	return d.Cmd.ProcessState.ExitCode(), nil
+}
+
+// KillSandboxes SIGKILLs every process whose command line mentions
+// stateDir: the sandboxes kindlingd left running (they outlive it by
+// design).
+func KillSandboxes(stateDir string) int {
+	entries, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(cmdline), stateDir) {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			n++
+		}
+	}
+	return n
+}
