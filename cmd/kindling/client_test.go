@@ -51,6 +51,7 @@ type fakeKindlingd struct {
 	invocation *api.Invocation
 	instances  []*api.Instance
 	status     *api.HostStatusResponse
+	prewarm    *api.PrewarmResponse
 }
 
 func (f *fakeKindlingd) record(m proto.Message) error {
@@ -142,6 +143,13 @@ func (f *fakeKindlingd) ListInstances(_ context.Context, r *api.ListInstancesReq
 		return nil, err
 	}
 	return &api.ListInstancesResponse{Instances: f.instances}, nil
+}
+
+func (f *fakeKindlingd) Prewarm(_ context.Context, r *api.PrewarmRequest) (*api.PrewarmResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return f.prewarm, nil
 }
 
 func (f *fakeKindlingd) HostStatus(_ context.Context, r *api.HostStatusRequest) (*api.HostStatusResponse, error) {
@@ -670,5 +678,88 @@ func TestClientHostStatus(t *testing.T) {
 	var got api.HostStatusResponse
 	if err := protojson.Unmarshal([]byte(out), &got); code != 0 || err != nil || !proto.Equal(&got, f.status) {
 		t.Fatalf("--json: exit %d, %v:\n%s", code, err, out)
+	}
+}
+
+func TestClientFunctionPrewarm(t *testing.T) {
+	f := &fakeKindlingd{prewarm: &api.PrewarmResponse{
+		Instances: []*api.Instance{
+			{Id: "i-1", Function: "hello", Version: "2", Tenant: "acme", Backend: "process", State: api.InstanceState_IDLE, StartedAs: api.StartKind_COLD, Pid: 4242},
+			{Id: "i-2", Function: "hello", Version: "2", Tenant: "acme", Backend: "process", State: api.InstanceState_IDLE, StartedAs: api.StartKind_COLD, Pid: 4243},
+		},
+		SnapshotNote: "the process backend cannot snapshot; the prewarmed instances stay warm in the pool instead",
+		BootUs:       240500, WarmupUs: 3200,
+	}}
+	sock := serveFake(t, f)
+	out, errOut, code := runCLI(t, nil, nil, "--socket", sock, "function", "prewarm", "hello", "--version", "2", "--tenant", "acme", "--instances", "2")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	want := &api.PrewarmRequest{Function: "hello", Version: "2", Tenant: "acme", Instances: 2}
+	if got := f.only(t); !proto.Equal(got, want) {
+		t.Errorf("kindlingd got %v, want %v", got, want)
+	}
+	for _, w := range []string{
+		"prewarmed hello version 2 (tenant acme): 2 instances started\n",
+		"  instance  i-1 (process backend, idle, pid 4242)\n", "  instance  i-2 (process backend, idle, pid 4243)\n",
+		"  took      boot 240.5 ms, warm-up 3.2 ms, snapshot 0.0 ms (boot and warm-up summed over the 2 instances)\n",
+		"  snapshot  none: the process backend cannot snapshot; the prewarmed instances stay warm in the pool instead\n",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+
+	// A backend that snapshots: the directory and its time; the defaults
+	// are kindlingd's (no version, tenant or count sent).
+	f.reset()
+	f.prewarm = &api.PrewarmResponse{
+		Instances: []*api.Instance{{Id: "i-3", Function: "hello", Version: "1", Backend: "microvm", State: api.InstanceState_IDLE}},
+		Snapshot:  "/var/lib/kindling/snapshots/hello-1", BootUs: 120000, WarmupUs: 1500, SnapshotUs: 8300,
+	}
+	out, errOut, code = runCLI(t, nil, nil, "function", "prewarm", "--socket", sock, "hello")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if got := f.only(t); !proto.Equal(got, &api.PrewarmRequest{Function: "hello"}) {
+		t.Errorf("kindlingd got %v, want only the function", got)
+	}
+	for _, w := range []string{
+		"prewarmed hello version 1: 1 instance started\n", "i-3 (microvm backend, idle)\n",
+		"boot 120.0 ms, warm-up 1.5 ms, snapshot 8.3 ms\n", "  snapshot  /var/lib/kindling/snapshots/hello-1\n",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+	out, _, code = runCLI(t, nil, nil, "--socket", sock, "function", "prewarm", "hello", "--json")
+	var got api.PrewarmResponse
+	if err := protojson.Unmarshal([]byte(out), &got); code != 0 || err != nil || !proto.Equal(&got, f.prewarm) {
+		t.Fatalf("--json: exit %d, %v:\n%s", code, err, out)
+	}
+
+	// Bad input never reaches kindlingd; kindlingd's refusal is shown.
+	f.reset()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"function", "prewarm"}, "one NAME"},
+		{[]string{"function", "prewarm", "a", "b"}, "one NAME"},
+		{[]string{"function", "prewarm", "hello", "--instances", "0"}, "at least 1"},
+		{[]string{"function", "prewarm", "hello", "--instances", "many"}, "whole number"},
+	} {
+		_, errOut, code := runCLI(t, nil, nil, append(c.args, "--socket", sock)...)
+		if code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and %q", c.args, code, errOut, c.want)
+		}
+	}
+	if n := f.count(); n != 0 {
+		t.Errorf("bad input reached kindlingd: %d requests", n)
+	}
+	f.err = status.Error(codes.InvalidArgument, "instances: 50 is over the function's concurrency_limit 10")
+	_, errOut, code = runCLI(t, nil, nil, "--socket", sock, "function", "prewarm", "hello", "--instances", "50")
+	if want := "kindling: function prewarm hello: instances: 50 is over the function's concurrency_limit 10 (InvalidArgument)\n"; code != 1 || errOut != want {
+		t.Fatalf("exit %d, stderr %q; want 1 and %q", code, errOut, want)
 	}
 }

@@ -1,7 +1,7 @@
 package main
 
-// kindling function register|list|delete and kindling instances: the
-// function registry and the sandboxes kindlingd runs for it.
+// kindling function register|list|delete|prewarm and kindling instances:
+// the function registry and the sandboxes kindlingd runs for it.
 
 import (
 	"crypto/sha256"
@@ -27,6 +27,7 @@ import (
 const functionUsage = `usage: kindling function register NAME --image DIR [flags]
        kindling function list [--json]
        kindling function delete NAME [--version V]
+       kindling function prewarm NAME [--version V] [--tenant T] [--instances N] [--json]
 
 'function register' adds a version of a function to kindlingd, or replaces
 one that has no instances. DIR is an image from 'kindling image build', on
@@ -39,6 +40,13 @@ every new instance before it serves, and before a warm snapshot is cut.
 
 'function delete' removes one version, or every version without
 --version, and stops their instances.
+
+'function prewarm' starts N new instances (default 1, at most the
+function's concurrency limit) for the tenant (default the function's own),
+runs the warm-up payloads in each and, on a backend that can, cuts the
+version's warm snapshot. It prints the instances, the time their boots,
+warm-ups and the snapshot took, and the snapshot's directory or why there
+is none. The instances then wait idle in the pool for invocations.
 
 Every command takes --socket PATH, or --addr HOST:PORT with --tls-cert,
 --tls-key and --tls-ca, to find kindlingd.
@@ -56,6 +64,8 @@ func (d *daemonCLI) functionMain(args []string) error {
 		return d.functionList(args[1:])
 	case "delete":
 		return d.functionDelete(args[1:])
+	case "prewarm":
+		return d.functionPrewarm(args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(d.stdout, functionUsage)
 		return nil
@@ -234,6 +244,79 @@ func (d *daemonCLI) functionDelete(args []string) error {
 	}
 	fmt.Fprintf(d.stdout, "deleted %s version %s\n", pos[0], strings.Join(r.GetDeletedVersions(), ", "))
 	return nil
+}
+
+func (d *daemonCLI) functionPrewarm(args []string) error {
+	fs := d.flagSet("kindling function prewarm", functionUsage)
+	req := &api.PrewarmRequest{}
+	fs.StringVar(&req.Version, "version", "", "prewarm version `V` (default: the latest registered)")
+	fs.StringVar(&req.Tenant, "tenant", "", "start the instances for `tenant` T (default: the function's own)")
+	fs.Var(uint32Flag{&req.Instances, 1}, "instances", "start `N` instances (kindlingd's default: 1)")
+	asJSON := fs.Bool("json", false, "print kindlingd's answer as JSON")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return d.badInput(fmt.Errorf("function prewarm takes one NAME, got %d", len(pos)))
+	}
+	req.Function = pos[0]
+	dc, err := d.dial()
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	r, err := call(dc, "function prewarm "+req.Function, dc.Prewarm, req)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return d.printProto(r)
+	}
+	writePrewarm(d.stdout, req.Function, r)
+	return nil
+}
+
+// writePrewarm describes a prewarm: the instances started, what their
+// start-up took, and the snapshot or why there is none.
+func writePrewarm(w io.Writer, function string, r *api.PrewarmResponse) {
+	title := function
+	if in := r.GetInstances(); len(in) > 0 {
+		title = in[0].GetFunction() + " version " + in[0].GetVersion()
+		if in[0].GetTenant() != "" {
+			title += " (tenant " + in[0].GetTenant() + ")"
+		}
+	}
+	n := len(r.GetInstances())
+	fmt.Fprintf(w, "prewarmed %s: %d %s started\n", title, n, plural(n, "instance", "instances"))
+	line := func(k, format string, args ...any) { fmt.Fprintf(w, "  %-9s %s\n", k, fmt.Sprintf(format, args...)) }
+	for _, in := range r.GetInstances() {
+		pid := ""
+		if in.GetPid() != 0 {
+			pid = fmt.Sprintf(", pid %d", in.GetPid())
+		}
+		line("instance", "%s (%s backend, %s%s)", in.GetId(), orText(in.GetBackend(), "-"), strings.ToLower(in.GetState().String()), pid)
+	}
+	summed := ""
+	if n > 1 {
+		summed = fmt.Sprintf(" (boot and warm-up summed over the %d instances)", n)
+	}
+	line("took", "boot %s, warm-up %s, snapshot %s%s", ms(r.GetBootUs()), ms(r.GetWarmupUs()), ms(r.GetSnapshotUs()), summed)
+	switch {
+	case r.GetSnapshot() != "" && r.GetSnapshotNote() != "":
+		line("snapshot", "%s (%s)", r.GetSnapshot(), r.GetSnapshotNote())
+	case r.GetSnapshot() != "":
+		line("snapshot", "%s", r.GetSnapshot())
+	default:
+		line("snapshot", "none: %s", orText(r.GetSnapshotNote(), "kindlingd gave no reason"))
+	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 const instancesUsage = `usage: kindling instances [--function NAME] [--json]

@@ -30,6 +30,8 @@ Commands that ask kindlingd, the host agent:
               register a function version (kindling function --help)
   function list, function delete NAME
               the registered versions; remove one, or all of a function's
+  function prewarm NAME [--instances N]
+              start warm instances (and a warm snapshot where the backend can)
   invoke FUNCTION --payload JSON
               invoke a registered function: its logs on stderr, its response on stdout
   invocation get ID
