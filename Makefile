@@ -12,7 +12,7 @@ export CGO_ENABLED := 0
 TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 20s
 
-.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels syscall-table proto demo clean
+.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels bench-invoke syscall-table proto demo clean
 
 all: build
 
@@ -50,6 +50,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzPacket -fuzztime=$(FUZZTIME) ./vmm/devices/virtio/vsock/
 	$(GO) test -run='^$$' -fuzz=FuzzReadFrame -fuzztime=$(FUZZTIME) ./agent/guest/
 
+# Start-up, memory and restore against QEMU's microvm machine.
 bench: setup build
 	$(BIN)/kindling-bench
 
@@ -57,6 +58,13 @@ bench: setup build
 # configurations (builds up to three kernels on a cold cache).
 bench-kernels: setup build
 	$(BIN)/kindling-bench --kernels
+
+# Warm invocations through kindlingd (process backend) against the same
+# aws-lambda-go handler called directly over HTTP, the floor: p50/p99/mean
+# latency, invocations per second with 8 clients for 3 s, the ratios, the p50
+# kindlingd adds (target <= 1 ms). Builds kindlingd and the task from source.
+bench-invoke: setup build
+	$(BIN)/kindling-bench --invoke
 
 # Re-derive kernelbuilder/syscalls/table_gen.go from the installed kernel
 # source (the drift test in make test says when this is needed).

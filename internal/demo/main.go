@@ -1,7 +1,10 @@
 // Command demo is `make demo`: it runs every stage of Kindling that this
 // host can run for real, in order, and names each stage it cannot run and
 // why. Stages: host check, test kernel build (cached), initramfs, Linux boot
-// in Kindling's VMM through its API, guest user space, benchmark vs QEMU.
+// in Kindling's VMM through its API, guest user space, a kernel planned for
+// a task, an image of the bundled aws-lambda-go example (examples/hello),
+// one invocation of it in a microVM, the same function served by kindlingd
+// (register, cold invocation, prewarm, warm invocation), benchmark vs QEMU.
 package main
 
 import (
@@ -141,37 +144,48 @@ func run() error {
 	binDir := filepath.Dir(self)
 	kindling := filepath.Join(binDir, "kindling")
 
-	stage(7, "task image for an aws-lambda-go handler: kindling image build (its own kernel, cached)")
-	handler, err := testtasks.Build(dir, testtasks.GoLambda)
-	if err != nil {
-		return err
+	stage(7, "task image for an aws-lambda-go handler (examples/hello): kindling image build (its own kernel, cached)")
+	handler := filepath.Join(dir, "hello")
+	gobuild := exec.Command("go", "build", "-o", handler, "github.com/kindlingvm/kindling/examples/hello")
+	gobuild.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := gobuild.CombinedOutput(); err != nil {
+		return fmt.Errorf("stage 7: go build ./examples/hello: %v\n%s", err, out)
 	}
+	fmt.Printf("handler: %s (go build ./examples/hello, CGO_ENABLED=0)\n", handler)
 	img := filepath.Join(dir, "image")
 	build := exec.Command(kindling, "image", "build", "--task", handler, "-o", img)
 	build.Stdout, build.Stderr = os.Stdout, os.Stdout
 	if err := build.Run(); err != nil {
-		return fmt.Errorf("image build: %w", err)
+		return fmt.Errorf("stage 7: kindling image build: %w", err)
 	}
 
 	stage(8, "invoke it in a microVM: kindling invoke")
 	if !report.UserSpaceRuns() {
 		fmt.Printf("NOT RUN: %s\n  kindling-init is guest user space, which this host cannot run (../shared/HOST.md);\n  the guest agent's own tests run it as a host process instead. On a VMX or SVM host\n  this stage prints the handler's response and the time of each phase.\n", report.UserSyscalls.Detail)
 	} else {
-		inv := exec.Command(kindling, "invoke", "--image", img, "--payload", `{"op":"echo","text":"hello from a Kindling microVM"}`)
+		inv := exec.Command(kindling, "invoke", "--image", img, "--payload", `{"name":"Kindling microVM"}`)
 		inv.Stdout, inv.Stderr = os.Stdout, os.Stdout
 		if err := inv.Run(); err != nil {
 			return fmt.Errorf("invoke: %w", err)
 		}
 	}
 
-	stage(9, "benchmark: start-up and memory vs QEMU microvm, same host, same run")
+	stage(9, "kindlingd: register, invoke cold, prewarm, invoke warm")
+	if err := kindlingdStage(binDir, img); err != nil {
+		return fmt.Errorf("stage 9 (kindlingd): %w", err)
+	}
+
+	stage(10, "benchmark: start-up and memory vs QEMU microvm, same host, same run")
 	bench := filepath.Join(binDir, "kindling-bench")
 	if _, err := os.Stat(bench); err != nil {
-		return fmt.Errorf("%s missing: run make build", bench)
+		return fmt.Errorf("stage 10: %s missing: run make build", bench)
 	}
 	cmd := exec.Command(bench, "-runs", "10")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	return cmd.Run()
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("stage 10: kindling-bench: %w", err)
+	}
+	return nil
 }
 
 // watcher passes console output through and notes when each awaited line
