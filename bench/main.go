@@ -7,14 +7,20 @@
 //	        kernel's first instruction writes to COM1; the clock stops when
 //	        that byte reaches the host)
 //	RSS:    resident memory of the VMM process beyond the guest RAM mapping
+//
+// With --kernels it compares per-task kernels instead, and with --invoke
+// warm invocations through kindlingd against the same handler called
+// directly over HTTP (invoke.go).
 package main
 
 import (
 	"bufio"
+	"context"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -34,7 +40,21 @@ func main() {
 	qemuBin := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 	restoreRuns := flag.Int("restore-runs", 10, "restores per guest size and VMM (0 skips the restore table)")
 	kernels := flag.Bool("kernels", false, "instead: build (cached) and compare per-task kernels for three tasks")
+	invoke := flag.Bool("invoke", false, "instead: warm invocations through kindlingd (process backend) against the handler called over HTTP")
+	invokeN := flag.Int("invoke-n", 2000, "with --invoke: sequential calls per path, and calls in the throughput run")
+	invokeC := flag.Int("invoke-c", 8, "with --invoke: concurrent clients in the throughput run (and instances prewarmed)")
+	invokeD := flag.Duration("invoke-duration", 3*time.Second, "with --invoke: how long each path's throughput run lasts")
 	flag.Parse()
+	if *invoke {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := invokeMain(ctx, os.Stdout, invokeOptions{N: *invokeN, C: *invokeC, Duration: *invokeD})
+		stop()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kindling-bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *kernels {
 		if err := kernelTable(os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "kindling-bench: %v\n", err)
