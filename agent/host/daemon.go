@@ -283,16 +283,20 @@ func (d *Daemon) loadFunctions() error {
 // invocation for them); the rest are forgotten.
 func (d *Daemon) reattach() {
 	var recs []sandboxRecord
+	var bad []string
 	d.store.each(bucketSandboxes, func(key string, val []byte) error {
 		var r sandboxRecord
 		if err := json.Unmarshal(val, &r); err != nil {
 			d.log.Warn("unreadable sandbox record; forgetting it", "instance", key, "error", err)
-			d.store.delete(bucketSandboxes, key)
+			bad = append(bad, key) // deleted after the read transaction
 			return nil
 		}
 		recs = append(recs, r)
 		return nil
 	})
+	for _, key := range bad {
+		d.store.delete(bucketSandboxes, key)
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for _, r := range recs {

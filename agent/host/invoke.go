@@ -22,6 +22,9 @@ import (
 type invocation struct {
 	rec  invocationRecord
 	done chan struct{}
+	// persisted is closed once an asynchronous invocation is on disk: a
+	// retry of its ID is acknowledged only then.
+	persisted chan struct{}
 	// err is set, instead of a result, when the invocation never ran (no
 	// instance could be started); its ID is then free again.
 	err error
@@ -38,7 +41,7 @@ const graceAfterDeadline = 5 * time.Second
 // claim registers id for fn and payload, or finds it already registered.
 // The same ID with another function or payload is AlreadyExists.
 func (d *Daemon) claim(id string, fn *function, tenant string, payload []byte, async bool) (*invocation, bool, error) {
-	hash := payloadHash(fn.key.name, payload)
+	hash := payloadHash(fn.key.name, tenant, payload)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if inv := d.invocations[id]; inv != nil {
@@ -54,7 +57,7 @@ func (d *Daemon) claim(id string, fn *function, tenant string, payload []byte, a
 		if rec.PayloadHash != hash {
 			return nil, false, status.Errorf(codes.AlreadyExists, "invocation_id: %q was already used for another payload or function", id)
 		}
-		inv := &invocation{rec: rec, done: make(chan struct{})}
+		inv := &invocation{rec: rec, done: make(chan struct{}), persisted: closedChan()}
 		if rec.finished() {
 			close(inv.done)
 		}
@@ -64,10 +67,27 @@ func (d *Daemon) claim(id string, fn *function, tenant string, payload []byte, a
 	if d.draining {
 		return nil, false, status.Error(codes.Unavailable, "kindlingd is draining (shutting down); retry on another host or after its restart")
 	}
-	inv := &invocation{done: make(chan struct{}), rec: invocationRecord{ID: id, Function: fn.key.name, Version: fn.key.version, Tenant: tenant,
+	inv := &invocation{done: make(chan struct{}), persisted: make(chan struct{}), rec: invocationRecord{ID: id, Function: fn.key.name, Version: fn.key.version, Tenant: tenant,
 		PayloadHash: hash, Payload: payload, Async: async, State: stateAccepted, AcceptedNs: time.Now().UnixNano()}}
 	d.invocations[id] = inv
+	// Counted here, under the lock that checked draining, so Drain never
+	// misses an invocation that is about to start. unclaim (before
+	// execute) or execute gives it back.
+	d.inflight.Add(1)
 	return inv, false, nil
+}
+
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// reject frees an ID whose invocation was refused before it was handed to
+// execute.
+func (d *Daemon) reject(inv *invocation, err error) {
+	d.unclaim(inv, err)
+	d.inflight.Done()
 }
 
 // unclaim frees an ID whose invocation was not accepted.
@@ -129,6 +149,21 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 		}
 		defer fn.gate.release()
 	}
+	d.mu.Lock()
+	deleted := fn.deleted
+	d.mu.Unlock()
+	if deleted {
+		msg := fmt.Sprintf("function %s version %s was deleted before the invocation could run", fn.key.name, fn.key.version)
+		if !r.Async {
+			d.unclaim(inv, status.Error(codes.NotFound, "function: "+msg))
+			return
+		}
+		d.finish(inv, fn, func(rec *invocationRecord) {
+			rec.State, rec.ErrorType, rec.ErrorMessage = stateFailed, "Kindling.FunctionDeleted", msg
+			rec.Response = errorDocument(msg, "Kindling.FunctionDeleted")
+		})
+		return
+	}
 	tQueued := time.Now()
 	var (
 		tStarted time.Time
@@ -145,6 +180,9 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 			inst, err = d.acquire(d.ctx, fn, r.Tenant, log)
 			if err != nil {
 				log.Error("no instance for the invocation", "error", err)
+				if r.Async && d.ctx.Err() != nil {
+					return // closing: it stays accepted on disk for the next start
+				}
 				if !r.Async {
 					code := codes.Unavailable
 					if errors.Is(err, errHostFull) {
@@ -224,6 +262,12 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 	default:
 		why := err.Error()
 		after = func() { d.discard(inst, why) }
+	}
+	if !r.Async {
+		// Nothing to record on disk: the instance can serve the caller's
+		// next invocation before this one's answer reaches it.
+		after()
+		after = func() {}
 	}
 	defer after()
 	d.finish(inv, fn, func(rec *invocationRecord) {
@@ -324,7 +368,7 @@ func (d *Daemon) recoverInvocations() error {
 	var requeue []func()
 	for _, r := range pending {
 		fn := d.functions[fnKey{r.Function, r.Version}]
-		inv := &invocation{rec: r, done: make(chan struct{})}
+		inv := &invocation{rec: r, done: make(chan struct{}), persisted: closedChan()}
 		d.invocations[r.ID] = inv
 		if fn == nil {
 			d.inflight.Add(1)

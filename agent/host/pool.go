@@ -117,6 +117,8 @@ type function struct {
 	pools     map[string][]*instance // idle instances by tenant, most recently used last
 	deleted   bool
 	refilling bool
+	// refillAfter backs refills off after a failed start.
+	refillAfter time.Time
 }
 
 func (f *function) timeout() time.Duration {
@@ -211,9 +213,27 @@ func (d *Daemon) acquire(ctx context.Context, fn *function, tenant string, log *
 		if err == nil {
 			return inst, nil
 		}
-		log.Warn("restore from the warm snapshot failed; booting cold", "snapshot", snapshot, "error", err)
+		log.Warn("restore from the warm snapshot failed; dropping it and booting cold (which cuts a new one)", "snapshot", snapshot, "error", err)
+		d.dropSnapshot(fn, snapshot)
 	}
 	return d.startInstance(ctx, fn, tenant, startCold, "")
+}
+
+// dropSnapshot forgets a warm snapshot that failed to restore, so the
+// next cold boot cuts a new one instead of every start paying for it.
+func (d *Daemon) dropSnapshot(fn *function, dir string) {
+	fn.snapMu.Lock()
+	defer fn.snapMu.Unlock()
+	d.mu.Lock()
+	if fn.snapshot != dir {
+		d.mu.Unlock()
+		return
+	}
+	fn.snapshot = ""
+	d.mu.Unlock()
+	if err := d.saveFunction(fn); err != nil {
+		d.log.Warn("cannot record the dropped snapshot", "function", fn.key.name, "version", fn.key.version, "error", err)
+	}
 }
 
 // makeRoomLocked stops the least recently used idle instance of any
@@ -274,7 +294,9 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 		os.RemoveAll(spec.Dir)
 		return nil, fmt.Errorf("%s start of %s: %w", kind, fn.key, err)
 	}
+	d.mu.Lock()
 	inst.sb = sb
+	d.mu.Unlock()
 	rec := sandboxRecord{Record: sb.Record(), Function: fn.key.name, Version: fn.key.version, Tenant: tenant, StartKind: kind, StartedNs: inst.started.UnixNano()}
 	if err := d.store.put(bucketSandboxes, id, rec); err != nil {
 		log.Error("cannot record the sandbox; a restart will not find it", "error", err)
@@ -284,7 +306,10 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 	log.Info("instance started", "kind", kind, "backend", d.backend.Name(), "pid", rec.PID, "took", inst.bootTook.Round(time.Microsecond))
 	if kind == startCold {
 		t := time.Now()
-		d.warmUp(ctx, inst, log)
+		if err := d.warmUp(ctx, inst, log); err != nil {
+			d.discard(inst, "warm-up failed: "+err.Error())
+			return nil, fmt.Errorf("cold start of %s: warm-up: %w", fn.key, err)
+		}
 		inst.warmupTook = time.Since(t)
 		t = time.Now()
 		d.maybeSnapshot(ctx, inst, log)
@@ -297,20 +322,24 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 	return inst, nil
 }
 
-// warmUp runs the version's warm-up payloads; a failing one is logged and
-// the instance serves anyway.
-func (d *Daemon) warmUp(ctx context.Context, inst *instance, log *slog.Logger) {
+// warmUp runs the version's warm-up payloads. A handler error is logged
+// and the instance serves anyway; a sandbox that dies or hangs past the
+// deadline fails the start.
+func (d *Daemon) warmUp(ctx context.Context, inst *instance, log *slog.Logger) error {
 	for i, p := range inst.fn.spec.WarmupPayloads {
 		id := fmt.Sprintf("warmup-%s-%d", inst.id, i)
-		f, err := inst.sb.Invoke(ctx, id, p, inst.fn.timeout(), nil)
+		wctx, cancel := context.WithTimeout(ctx, inst.fn.timeout()+graceAfterDeadline)
+		f, err := inst.sb.Invoke(wctx, id, p, inst.fn.timeout(), nil)
+		cancel()
 		switch {
 		case err != nil:
 			log.Warn("warm-up invocation failed", "warmup", i, "error", err)
-			return
+			return err
 		case f.Type == guest.TypeError:
 			log.Warn("warm-up invocation returned an error", "warmup", i, "error_type", f.ErrorType, "body", string(f.Body))
 		}
 	}
+	return nil
 }
 
 // maybeSnapshot cuts the version's warm snapshot from inst, once.
@@ -341,10 +370,23 @@ func (d *Daemon) cutSnapshot(ctx context.Context, inst *instance, log *slog.Logg
 		return "", err
 	}
 	t0 := time.Now()
-	if err := inst.sb.Snapshot(ctx, tmp); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	err := inst.sb.Snapshot(sctx, tmp)
+	cancel()
+	if err != nil {
 		os.RemoveAll(tmp)
 		log.Warn("warm snapshot failed; the version runs without one", "error", err)
 		return "", err
+	}
+	d.mu.Lock()
+	deleted := fn.deleted
+	d.mu.Unlock()
+	if deleted {
+		// Deleted (or replaced) while the snapshot was cut: never re-save
+		// it, never replace the directory a new registration may own.
+		// (DeleteFunction takes snapMu, so it cannot happen from here on.)
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("function %s was deleted", fn.key)
 	}
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
@@ -441,7 +483,7 @@ func (d *Daemon) housekeeping(ctx context.Context) {
 			}
 			fn.pools[tenant] = kept
 		}
-		if fn.spec.MinWarm > 0 && !fn.refilling && !fn.deleted && !d.draining {
+		if fn.spec.MinWarm > 0 && !fn.refilling && !fn.deleted && !d.draining && now.After(fn.refillAfter) {
 			n := 0
 			for _, inst := range d.instances {
 				if inst.fn == fn && inst.tenant == fn.spec.Tenant {
@@ -463,7 +505,9 @@ func (d *Daemon) housekeeping(ctx context.Context) {
 		d.stopInstance(inst, why)
 	}
 	for _, fn := range refill {
+		d.bg.Add(1)
 		go func() {
+			defer d.bg.Done()
 			defer func() { d.mu.Lock(); fn.refilling = false; d.mu.Unlock() }()
 			d.mu.Lock()
 			err := d.makeRoomLocked()
@@ -477,8 +521,15 @@ func (d *Daemon) housekeeping(ctx context.Context) {
 				kind = startRestore
 			}
 			inst, err := d.startInstance(ctx, fn, fn.spec.Tenant, kind, snapshot)
+			if err != nil && kind == startRestore {
+				d.dropSnapshot(fn, snapshot)
+				inst, err = d.startInstance(ctx, fn, fn.spec.Tenant, startCold, "")
+			}
 			if err != nil {
-				d.log.Warn("refill failed", "function", fn.key.name, "version", fn.key.version, "error", err)
+				d.log.Warn("refill failed; retrying in 5s", "function", fn.key.name, "version", fn.key.version, "error", err)
+				d.mu.Lock()
+				fn.refillAfter = time.Now().Add(5 * time.Second)
+				d.mu.Unlock()
 				return
 			}
 			d.release(inst)

@@ -62,6 +62,7 @@ func (d *Daemon) RegisterFunction(ctx context.Context, req *api.RegisterFunction
 			d.mu.Unlock()
 			return d.functionProto(old), nil
 		}
+		old.deleted = true // replaced: its queued invocations must not run it
 	}
 	d.functions[fn.key] = fn
 	d.mu.Unlock()
@@ -100,10 +101,12 @@ func (d *Daemon) DeleteFunction(ctx context.Context, req *api.DeleteFunctionRequ
 	}
 	var gone []*function
 	var stop []*instance
+	snapshots := map[*function]string{}
 	d.mu.Lock()
 	for k, fn := range d.functions {
 		if k.name == req.Name && (req.Version == "" || k.version == req.Version) {
 			gone = append(gone, fn)
+			snapshots[fn] = fn.snapshot
 			fn.deleted = true
 			delete(d.functions, k)
 			for _, idle := range fn.pools {
@@ -128,9 +131,18 @@ func (d *Daemon) DeleteFunction(ctx context.Context, req *api.DeleteFunctionRequ
 		if err := d.store.delete(bucketFunctions, fn.key.String()); err != nil {
 			return nil, storeStatus(err, "the function was not deleted")
 		}
+		// Under snapMu: a snapshot being cut for it sees deleted and
+		// throws itself away rather than re-saving the function.
+		fn.snapMu.Lock()
+		d.mu.Lock()
 		if fn.snapshot != "" {
-			os.RemoveAll(fn.snapshot)
+			snapshots[fn] = fn.snapshot // cut since the loop above
 		}
+		d.mu.Unlock()
+		if snapshots[fn] != "" {
+			os.RemoveAll(snapshots[fn])
+		}
+		fn.snapMu.Unlock()
 		resp.DeletedVersions = append(resp.DeletedVersions, fn.key.version)
 		d.log.Info("function deleted", "function", fn.key.name, "version", fn.key.version)
 	}
@@ -218,11 +230,10 @@ func (d *Daemon) Invoke(req *api.InvokeRequest, stream grpc.ServerStreamingServe
 		if err != nil {
 			running, queued := fn.gate.depth()
 			err = status.Errorf(codes.ResourceExhausted, "function %s: %d invocations running (its concurrency_limit) and %d queued (its queue_limit); retry later", fn.key, running, queued)
-			d.unclaim(inv, err)
+			d.reject(inv, err)
 			return err
 		}
 		inv.attach(logs)
-		d.inflight.Add(1)
 		go d.execute(inv, fn, place, nil)
 	}
 	ctx := stream.Context()
@@ -257,21 +268,36 @@ func (d *Daemon) InvokeAsync(ctx context.Context, req *api.InvokeRequest) (*api.
 		return nil, err
 	}
 	if dup {
-		return &api.InvokeAsyncResponse{InvocationId: inv.rec.ID, Duplicate: true}, nil
+		// Acknowledge a retry only once the first is on disk (or has
+		// finished, or was refused: then so is the retry).
+		select {
+		case <-inv.persisted:
+		case <-inv.done:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		select {
+		case <-inv.done:
+			if inv.err != nil {
+				return nil, inv.err
+			}
+		default:
+		}
+		return &api.InvokeAsyncResponse{InvocationId: d.snapshotRec(inv).ID, Duplicate: true}, nil
 	}
 	if n := d.asyncPending(fn); n > d.cfg.MaxAsyncPending {
 		err := status.Errorf(codes.ResourceExhausted, "function %s: %d asynchronous invocations are waiting (the host's limit is %d); retry later", fn.key, n-1, d.cfg.MaxAsyncPending)
-		d.unclaim(inv, err)
+		d.reject(inv, err)
 		return nil, err
 	}
 	rec := d.snapshotRec(inv)
 	if err := d.store.put(bucketInvocations, rec.ID, rec); err != nil {
 		err = storeStatus(err, "the invocation was not accepted")
-		d.unclaim(inv, err)
+		d.reject(inv, err)
 		return nil, err
 	}
+	close(inv.persisted)
 	place, _ := fn.gate.reserve(false)
-	d.inflight.Add(1)
 	go d.execute(inv, fn, place, nil)
 	return &api.InvokeAsyncResponse{InvocationId: rec.ID}, nil
 }

@@ -190,9 +190,11 @@ func truncateID(s string) string {
 }
 
 // payloadHash identifies what an invocation ID was first used for.
-func payloadHash(function string, payload []byte) string {
+func payloadHash(function, tenant string, payload []byte) string {
 	h := sha256.New()
 	h.Write([]byte(function))
+	h.Write([]byte{0})
+	h.Write([]byte(tenant))
 	h.Write([]byte{0})
 	h.Write(payload)
 	return hex.EncodeToString(h.Sum(nil))

@@ -860,3 +860,38 @@ func metricsAddr(t *testing.T, d *testdaemon.Daemon) string {
 	t.Fatalf("no metrics address in the log:\n%s", d.Log)
 	return ""
 }
+
+// TestDeleteWithQueuedInvocations: invocations queued for a function that
+// is deleted fail as FunctionDeleted and start no sandbox for it.
+func TestDeleteWithQueuedInvocations(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	register(t, d, "doomed", func(s *api.FunctionSpec) { s.ConcurrencyLimit = 1 })
+	mustInvoke(t, d, echo("doomed", "boot"))
+	for i := range 4 {
+		if _, err := d.API.InvokeAsync(ctx, &api.InvokeRequest{Function: "doomed", Payload: []byte(`{"op":"count","ms":400}`), InvocationId: fmt.Sprintf("q-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // q-0 runs, the rest wait for the slot
+	if _, err := d.API.DeleteFunction(ctx, &api.DeleteFunctionRequest{Name: "doomed"}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := 0
+	for i := range 4 {
+		r := getDone(t, d, fmt.Sprintf("q-%d", i))
+		if r.ErrorType == "Kindling.FunctionDeleted" {
+			deleted++
+		}
+	}
+	if deleted < 2 {
+		t.Fatalf("only %d of the queued invocations were failed as FunctionDeleted", deleted)
+	}
+	waitFor(t, "no instances", func() bool {
+		il, _ := d.API.ListInstances(ctx, &api.ListInstancesRequest{})
+		return len(il.Instances) == 0
+	})
+	if strings.Count(d.Log.String(), "instance started") != 1 {
+		t.Fatalf("instances were started for a deleted function:\n%s", d.Log)
+	}
+}
