@@ -326,6 +326,9 @@ func (d *Daemon) finish(inv *invocation, fn *function, set func(*invocationRecor
 	}
 	d.metrics.invocations.WithLabelValues(rec.State, strconv.FormatBool(rec.Async)).Inc()
 	d.mu.Lock()
+	if rec.Async {
+		fn.asyncPending--
+	}
 	inv.rec = rec
 	d.finished = append(d.finished, rec.ID)
 	for len(d.finished) > maxFinishedInMemory {
@@ -370,6 +373,9 @@ func (d *Daemon) recoverInvocations() error {
 		fn := d.functions[fnKey{r.Function, r.Version}]
 		inv := &invocation{rec: r, done: make(chan struct{}), persisted: closedChan()}
 		d.invocations[r.ID] = inv
+		if fn != nil {
+			fn.asyncPending++
+		}
 		if fn == nil {
 			d.inflight.Add(1)
 			go func() {

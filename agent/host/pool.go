@@ -119,6 +119,8 @@ type function struct {
 	refilling bool
 	// refillAfter backs refills off after a failed start.
 	refillAfter time.Time
+	// asyncPending counts accepted, unfinished asynchronous invocations.
+	asyncPending int
 }
 
 func (f *function) timeout() time.Duration {
@@ -203,15 +205,11 @@ func (d *Daemon) acquire(ctx context.Context, fn *function, tenant string, log *
 		return inst, nil
 	}
 	snapshot := fn.snapshot
-	if err := d.makeRoomLocked(); err != nil {
-		d.mu.Unlock()
-		return nil, err
-	}
 	d.mu.Unlock()
 	if snapshot != "" && d.backend.CanSnapshot() {
 		inst, err := d.startInstance(ctx, fn, tenant, startRestore, snapshot)
-		if err == nil {
-			return inst, nil
+		if err == nil || errors.Is(err, errHostFull) {
+			return inst, err
 		}
 		log.Warn("restore from the warm snapshot failed; dropping it and booting cold (which cuts a new one)", "snapshot", snapshot, "error", err)
 		d.dropSnapshot(fn, snapshot)
@@ -274,7 +272,14 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 		return nil, fmt.Errorf("instance %s: %w", id, err)
 	}
 	inst := &instance{id: id, fn: fn, tenant: tenant, startKind: kind, started: time.Now(), state: instStarting, fresh: true}
+	// The room check and the insert under one lock: concurrent starts
+	// never take the host past MaxInstances.
 	d.mu.Lock()
+	if err := d.makeRoomLocked(); err != nil {
+		d.mu.Unlock()
+		os.RemoveAll(spec.Dir)
+		return nil, err
+	}
 	d.instances[id] = inst
 	d.mu.Unlock()
 	log := d.log.With("function", fn.key.name, "version", fn.key.version, "tenant", tenant, "instance", id)
@@ -510,18 +515,14 @@ func (d *Daemon) housekeeping(ctx context.Context) {
 			defer d.bg.Done()
 			defer func() { d.mu.Lock(); fn.refilling = false; d.mu.Unlock() }()
 			d.mu.Lock()
-			err := d.makeRoomLocked()
 			snapshot := fn.snapshot
 			d.mu.Unlock()
-			if err != nil {
-				return
-			}
 			kind := startCold
 			if snapshot != "" && d.backend.CanSnapshot() {
 				kind = startRestore
 			}
 			inst, err := d.startInstance(ctx, fn, fn.spec.Tenant, kind, snapshot)
-			if err != nil && kind == startRestore {
+			if err != nil && kind == startRestore && !errors.Is(err, errHostFull) {
 				d.dropSnapshot(fn, snapshot)
 				inst, err = d.startInstance(ctx, fn, fn.spec.Tenant, startCold, "")
 			}

@@ -285,13 +285,22 @@ func (d *Daemon) InvokeAsync(ctx context.Context, req *api.InvokeRequest) (*api.
 		}
 		return &api.InvokeAsyncResponse{InvocationId: d.snapshotRec(inv).ID, Duplicate: true}, nil
 	}
-	if n := d.asyncPending(fn); n > d.cfg.MaxAsyncPending {
-		err := status.Errorf(codes.ResourceExhausted, "function %s: %d asynchronous invocations are waiting (the host's limit is %d); retry later", fn.key, n-1, d.cfg.MaxAsyncPending)
+	d.mu.Lock()
+	n := fn.asyncPending
+	if n < d.cfg.MaxAsyncPending {
+		fn.asyncPending++
+	}
+	d.mu.Unlock()
+	if n >= d.cfg.MaxAsyncPending {
+		err := status.Errorf(codes.ResourceExhausted, "function %s: %d asynchronous invocations are waiting (the host's limit is %d); retry later", fn.key, n, d.cfg.MaxAsyncPending)
 		d.reject(inv, err)
 		return nil, err
 	}
 	rec := d.snapshotRec(inv)
 	if err := d.store.put(bucketInvocations, rec.ID, rec); err != nil {
+		d.mu.Lock()
+		fn.asyncPending--
+		d.mu.Unlock()
 		err = storeStatus(err, "the invocation was not accepted")
 		d.reject(inv, err)
 		return nil, err
@@ -300,18 +309,6 @@ func (d *Daemon) InvokeAsync(ctx context.Context, req *api.InvokeRequest) (*api.
 	place, _ := fn.gate.reserve(false)
 	go d.execute(inv, fn, place, nil)
 	return &api.InvokeAsyncResponse{InvocationId: rec.ID}, nil
-}
-
-func (d *Daemon) asyncPending(fn *function) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	n := 0
-	for _, inv := range d.invocations {
-		if inv.rec.Async && !inv.rec.finished() && inv.rec.Function == fn.key.name && inv.rec.Version == fn.key.version {
-			n++
-		}
-	}
-	return n
 }
 
 // GetInvocation returns an invocation, finished or not.
@@ -387,17 +384,14 @@ func (d *Daemon) Prewarm(ctx context.Context, req *api.PrewarmRequest) (*api.Pre
 	resp := &api.PrewarmResponse{}
 	for i := 0; i < n; i++ {
 		d.mu.Lock()
-		err := d.makeRoomLocked()
-		d.mu.Unlock()
-		if err != nil {
-			return resp, status.Error(codes.ResourceExhausted, err.Error())
-		}
-		d.mu.Lock()
 		before := fn.snapshot
 		d.mu.Unlock()
 		// A cold start runs the warm-ups and cuts the snapshot if the
 		// version has none.
 		inst, err := d.startInstance(d.ctx, fn, tenant, startCold, "")
+		if errors.Is(err, errHostFull) {
+			return resp, status.Error(codes.ResourceExhausted, err.Error())
+		}
 		if err != nil {
 			return resp, status.Errorf(codes.Unavailable, "prewarm %s: %v", fn.key, err)
 		}

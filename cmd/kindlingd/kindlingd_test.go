@@ -895,3 +895,30 @@ func TestDeleteWithQueuedInvocations(t *testing.T) {
 		t.Fatalf("instances were started for a deleted function:\n%s", d.Log)
 	}
 }
+
+// TestHostInstanceLimit: at --max-instances the least recently used idle
+// instance is evicted for a new start; with every instance busy a start
+// is refused with ResourceExhausted.
+func TestHostInstanceLimit(t *testing.T) {
+	d := startDaemon(t, "--max-instances", "1")
+	ctx := context.Background()
+	register(t, d, "first")
+	register(t, d, "second")
+	a := mustInvoke(t, d, echo("first", "a"))
+	b := mustInvoke(t, d, echo("second", "b"))
+	il, _ := d.API.ListInstances(ctx, &api.ListInstancesRequest{})
+	if len(il.Instances) != 1 || il.Instances[0].Id != b.InstanceId || a.InstanceId == b.InstanceId {
+		t.Fatalf("after evicting for a new start: %v", il.Instances)
+	}
+	busy := make(chan error, 1)
+	go func() {
+		_, _, err := invoke(t, d, &api.InvokeRequest{Function: "second", Payload: []byte(`{"op":"sleep","ms":1000}`)})
+		busy <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	_, _, err := invoke(t, d, echo("first", "c"))
+	wantCode(t, err, codes.ResourceExhausted, "limit of 1 instances")
+	if err := <-busy; err != nil {
+		t.Fatal(err)
+	}
+}
