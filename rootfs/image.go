@@ -240,3 +240,34 @@ func nonNil(s []string) []string {
 	}
 	return s
 }
+
+// BuildKernelImage writes an image whose guest is its kernel alone (a
+// bespoke guest such as the echo guest: no /init, no task): dir/vmlinux,
+// an empty initramfs and a manifest with empty init and task artifacts.
+// Only the microVM backend can run it.
+func BuildKernelImage(kernelPath, cmdline, dir string) (*Manifest, error) {
+	kernel, err := os.ReadFile(kernelPath)
+	if err != nil {
+		return nil, fmt.Errorf("image: kernel: %w", err)
+	}
+	var cpio bytes.Buffer
+	if err := WriteInitramfs(&cpio, nil); err != nil {
+		return nil, err
+	}
+	m := &Manifest{Format: ManifestFormat, Codec: CodecNone, Cmdline: cmdline, Kernel: digest("vmlinux", kernel),
+		Initramfs: digest(InitramfsName(CodecNone), cpio.Bytes()), Syscalls: []string{}, KernelOptions: []string{},
+		CPUNeeds: []string{}, CPUOptional: []string{}}
+	manifest, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	for name, data := range map[string][]byte{"vmlinux": kernel, m.Initramfs.Name: cpio.Bytes(), "manifest.json": append(manifest, '\n')} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			return nil, fmt.Errorf("image: %w", err)
+		}
+	}
+	return m, nil
+}

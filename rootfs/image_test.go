@@ -138,3 +138,21 @@ func TestImageBadInput(t *testing.T) {
 		t.Errorf("no manifest: %v", err)
 	}
 }
+
+func TestBuildKernelImage(t *testing.T) {
+	dir := t.TempDir()
+	k := filepath.Join(dir, "guest.elf")
+	os.WriteFile(k, []byte("\x7fELF not really"), 0o644)
+	img := filepath.Join(dir, "img")
+	m, err := rootfs.BuildKernelImage(k, "console=none", img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := rootfs.ReadManifest(img)
+	if err != nil {
+		t.Fatalf("the image does not read back: %v", err)
+	}
+	if got.Kernel != m.Kernel || got.Cmdline != "console=none" || got.Task.Name != "" {
+		t.Fatalf("manifest: %+v", got)
+	}
+}
