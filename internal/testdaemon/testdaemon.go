@@ -34,6 +34,7 @@ type Binaries struct {
 	Dir       string
 	Kindlingd string
 	Init      string
+	VMM       string
 	Task      string
 	// Image is an image of the aws-lambda-go test task (a placeholder
 	// kernel: the process backend never boots it).
@@ -43,8 +44,9 @@ type Binaries struct {
 
 // Build builds everything into dir.
 func Build(dir string) (*Binaries, error) {
-	b := &Binaries{Dir: dir, Kindlingd: filepath.Join(dir, "kindlingd"), Init: filepath.Join(dir, "kindling-init")}
-	for pkg, out := range map[string]string{"./cmd/kindlingd": b.Kindlingd, "./cmd/kindling-init": b.Init} {
+	b := &Binaries{Dir: dir, Kindlingd: filepath.Join(dir, "kindlingd"), Init: filepath.Join(dir, "kindling-init"), VMM: filepath.Join(dir, "kindling-vmm")}
+	// kindling-vmm beside kindlingd: the microVM backend looks for it there.
+	for pkg, out := range map[string]string{"./cmd/kindlingd": b.Kindlingd, "./cmd/kindling-init": b.Init, "./cmd/kindling-vmm": b.VMM} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir = ModuleRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
