@@ -14,10 +14,11 @@ import (
 
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/api"
+	"github.com/kindlingvm/kindling/vmm/seccomp"
 )
 
-const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id NAME]
-       kindling-vmm --restore DIR --api-sock PATH [--console C] [--disk F]... [--vsock-path P] [--prefetch] [--start]
+const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id NAME] [--seccomp]
+       kindling-vmm --restore DIR --api-sock PATH [--console C] [--disk F]... [--vsock-path P] [--prefetch] [--start] [--seccomp]
 
 Runs one microVM. The VM is created from the JSON config (kernel, initrd,
 cmdline, memory_mib, vcpus, disks, console), or restored from a snapshot
@@ -25,7 +26,8 @@ directory (its memory mapped copy-on-write, so many VMs can share it), and
 waits for PUT /vm/start on the API socket, unless --start is given. The process exits when the VM
 stops and a client has read its exit reason (or --linger has passed):
 status 0 for a guest reset or power-off or a host stop, 1 for a guest
-crash or VMM error, 2 for bad flags or config.
+crash or VMM error, 2 for bad flags or config. With --seccomp, a system
+call outside the VMM's allow-list kills the process with SIGSYS.
 
 API (HTTP/1.1 + JSON; try curl --unix-socket PATH http://vmm/vm):
   GET /vm[?wait=stopped]   state and exit reason
@@ -50,6 +52,7 @@ func main() {
 	id := fs.String("id", "", "VM `name` used in logs")
 	verbose := fs.Bool("v", false, "log at debug level")
 	linger := fs.Duration("linger", api.DefaultLinger, "after the VM stops, keep the API up this long for a client to read the exit reason")
+	filter := fs.Bool("seccomp", false, "once the VM is built, confine this process to the VMM's system-call allow-list (others kill it with SIGSYS)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -72,7 +75,7 @@ func main() {
 		}
 		return vmm.New(*cfg, vmm.Options{Logger: log, ID: *id})
 	}
-	os.Exit(run(create, *sock, *start, *linger, log))
+	os.Exit(run(create, *sock, *start, *filter, *linger, log))
 }
 
 // diskList collects repeated --disk PATH[:ro] overrides.
@@ -85,7 +88,7 @@ func (d *diskList) Set(v string) error {
 	return nil
 }
 
-func run(create func() (*vmm.Machine, error), sock string, start bool, linger time.Duration, log *slog.Logger) int {
+func run(create func() (*vmm.Machine, error), sock string, start, filter bool, linger time.Duration, log *slog.Logger) int {
 	l, err := api.Listen(sock)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
@@ -105,6 +108,20 @@ func run(create func() (*vmm.Machine, error), sock string, start bool, linger ti
 		<-sigs
 		m.Stop()
 	}()
+	// Everything is built (VM, memory, devices, sockets) and no vCPU has
+	// entered KVM_RUN: from here on the process needs only the
+	// allow-list.
+	if filter {
+		if err := seccomp.InstallVMM(); err != nil {
+			fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
+			return 1
+		}
+		if os.Getenv(seccomp.SelfTestEnv) == "1" {
+			err := seccomp.SelfTest()
+			fmt.Fprintf(os.Stderr, "kindling-vmm: seccomp self-test: a denied call returned (%v)\n", err)
+			return 1
+		}
+	}
 	if start {
 		if err := m.Start(); err != nil {
 			fmt.Fprintf(os.Stderr, "kindling-vmm: %v\n", err)
