@@ -1,0 +1,116 @@
+// Package echoguest builds the echo guest: a freestanding PVH kernel of a
+// few kilobytes that speaks the guest agent's framing over virtio-vsock,
+// so the microVM backend can run end to end on hosts where a Linux guest's
+// user space cannot (PVM hosts; HOST.md).
+//
+// The guest (guest/entry.S, guest/echo.c) switches to long mode and drops
+// to CPL 3 at once, since kernel mode may be emulated (the only CPL 0 work
+// afterwards is its #GP handler turning HLT into a sleep and doing OUT for
+// COM1 logging, and the interrupt handler that wakes it); there it finds the
+// virtio-vsock device on the virtio-mmio bus, connects to the host (CID 2)
+// on port 1024 and answers frames: "hello" with "ready", "invoke" with a
+// "response" of the same id echoing the body, and the body RandomOp with
+// 16 hex digits drawn from the TSC and the hello's entropy seed. It
+// connects again whenever its connection ends, including after the
+// transport-reset event a restored VM gets. It needs one vCPU, MinMemoryMiB
+// of memory and no initrd; its command line only needs what the VMM
+// appends (the virtio_mmio.device= entries); see the Arg constants for its
+// own switches.
+//
+// Build compiles it with the system's gcc and ld every time it is called;
+// this package is for tests, benchmarks and demos, never for the VMM.
+package echoguest
+
+import (
+	"bytes"
+	"embed"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+//go:embed guest/entry.S guest/echo.c guest/link.ld
+var sources embed.FS
+
+// Port is the host vsock port the guest connects to by default: the guest
+// agent's (agent/host microVMGuestCID, cmd/kindling-init DefaultPort).
+const Port = 1024
+
+// RandomOp is the invocation body the guest answers with 16 hex digits of
+// fresh randomness instead of an echo.
+const RandomOp = `{"op":"random"}`
+
+// Command-line switches the guest reads.
+const (
+	// DebugArg logs connection events (connected, hello, reset) on COM1.
+	// Each byte is a VM exit, so leave it off where latency matters.
+	DebugArg = "echoguest.debug"
+	// PollArg keeps the guest polling when idle instead of sleeping until
+	// an interrupt: lower latency, one host CPU busy per VM.
+	PollArg = "echoguest.poll"
+	// PortArg sets the host port, as PortArg + "=N".
+	PortArg = "echoguest.port"
+)
+
+// MinMemoryMiB is the least guest memory the echo guest runs in: it loads
+// at 1 MiB and its buffers (an 8 MiB receive buffer, the largest frame
+// and then some) take it to about 10 MiB.
+const MinMemoryMiB = 16
+
+// ELFName is the file Build writes in its directory.
+const ELFName = "echoguest.elf"
+
+// cflags build code that runs with no libc, no SSE state set up, no
+// stack protector and no CET, linked at a fixed address.
+var cflags = []string{"-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-fno-pie", "-mno-red-zone",
+	"-mgeneral-regs-only", "-fno-stack-protector", "-fcf-protection=none", "-fno-asynchronous-unwind-tables",
+	"-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"}
+
+// Available reports whether the tools Build needs are installed, and why
+// not.
+func Available() error {
+	for _, tool := range []string{"gcc", "ld"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("echo guest: %s not found: install build-essential (`make setup` does)", tool)
+		}
+	}
+	return nil
+}
+
+// Build compiles the echo guest in dir (its sources and objects stay
+// there) and returns the path of the PVH ELF kernel.
+func Build(dir string) (kernelPath string, err error) {
+	if err := Available(); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("echo guest: %w", err)
+	}
+	for _, name := range []string{"entry.S", "echo.c", "link.ld"} {
+		b, err := sources.ReadFile("guest/" + name)
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return "", fmt.Errorf("echo guest: %w", err)
+		}
+	}
+	out := filepath.Join(dir, ELFName)
+	steps := [][]string{
+		append(append([]string{"gcc"}, cflags...), "-c", "-o", "echo.o", "echo.c"),
+		{"gcc", "-c", "-o", "entry.o", "entry.S"},
+		{"ld", "-m", "elf_x86_64", "-nostdlib", "-static", "--build-id=none", "-z", "noexecstack",
+			"-z", "max-page-size=4096", "-T", "link.ld", "-o", ELFName, "entry.o", "echo.o"},
+	}
+	for _, s := range steps {
+		var msg bytes.Buffer
+		cmd := exec.Command(s[0], s[1:]...)
+		cmd.Dir = dir
+		cmd.Stdout, cmd.Stderr = &msg, &msg
+		if err := cmd.Run(); err != nil {
+			return "", fmt.Errorf("echo guest: %s: %v\n%s", s[0], err, msg.String())
+		}
+	}
+	return out, nil
+}
