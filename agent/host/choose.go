@@ -14,7 +14,7 @@ import (
 func Backends(stateDir, cgroupParent string, log *slog.Logger) map[string]Backend {
 	return map[string]Backend{
 		BackendProcess: NewProcessBackend(ProcessOptions{ImageCache: filepath.Join(stateDir, "images"), CgroupParent: cgroupParent, Logger: log}),
-		BackendMicroVM: NewMicroVMBackend(MicroVMOptions{Logger: log}),
+		BackendMicroVM: NewMicroVMBackend(MicroVMOptions{CgroupParent: cgroupParent, Logger: log}),
 	}
 }
 

@@ -17,13 +17,24 @@ import (
 	"github.com/kindlingvm/kindling/agent/guest"
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/api/client"
+	"github.com/kindlingvm/kindling/vmm/jail"
 	"github.com/kindlingvm/kindling/vmm/launch"
+	"github.com/kindlingvm/kindling/vmm/seccomp"
 )
 
 // The microVM backend runs each sandbox in its own kindling-vmm process:
 // the image's kernel and initramfs, kindling-init as PID 1, the guest
 // agent reached over virtio-vsock (the VMM's <uds>_1024 socket, on which
 // kindlingd listens). It is isolation-grade, and snapshots.
+//
+// Each kindling-vmm runs jailed (package jail, as Firecracker's jailer
+// runs firecracker) and under its seccomp filter: its own namespaces, a
+// root holding only its kernel and initrd or snapshot, /dev/kvm and its
+// /run (the sandbox's Dir/run, where its API and vsock sockets are), a
+// uid of its own (jail.UniqueID of the sandbox ID) and the group all
+// kindling jails share (microVMJailGID), which may read the snapshots
+// kindlingd keeps. MicroVMOptions.NoJail runs it unconfined instead, for
+// debugging.
 
 const (
 	// microVMGuestCID is every sandbox VM's vsock CID: each VM has its
@@ -32,9 +43,22 @@ const (
 	// agentVsockPort is the host port kindling-init dials
 	// (cmd/kindling-init DefaultPort).
 	agentVsockPort = 1024
-	// microVMVsock is the VMM's vsock socket in the sandbox's directory;
-	// the agent's connections arrive on microVMVsock_1024.
+	// microVMVsock is the VMM's vsock socket in the sandbox's run
+	// directory (Dir/run, the jail's /run); the agent's connections
+	// arrive on microVMVsock_1024 there.
 	microVMVsock = "vsock"
+	// vmmMemoryOverheadMiB is what a VMM needs beyond its guest's memory
+	// (the Go runtime, device queues, the API server), for memory.max.
+	vmmMemoryOverheadMiB = 64
+	// vmmPidsMax is a jailed VMM's pids.max: one thread per vCPU plus the
+	// Go runtime's, with room.
+	vmmPidsMax = 64
+	// cpuPeriod is cpu.max's period in microseconds (the kernel's
+	// default); each vCPU gets a whole one.
+	cpuPeriod = 100000
+	// jailSnapshotDir is where a jailed VMM cuts a snapshot, in its
+	// writable /run; kindlingd moves it out.
+	jailSnapshotDir = "snapshot"
 	// Defaults for a spec that leaves them unset.
 	defaultMicroVMMemoryMiB = 256
 	defaultMicroVMVCPUs     = 1
@@ -43,18 +67,40 @@ const (
 	vmmStopWait = 2 * time.Second
 )
 
+// microVMJailGID is the group every jailed VMM runs as: kindlingd's
+// snapshots are root's and readable by it, so that any jail may restore
+// them. It is in jail.UniqueID's range, apart from the uids by name.
+var microVMJailGID = jail.UniqueID("kindling-vmm-jails")
+
 // MicroVMOptions configure a MicroVMBackend.
 type MicroVMOptions struct {
 	// VMM is the kindling-vmm binary; default: launch.FindBinary.
-	VMM    string
-	Logger *slog.Logger
+	VMM string
+	// Jailer is the kindling-jailer binary; default: launch.FindJailer
+	// (next to the running executable, then $PATH).
+	Jailer string
+	// NoJail runs each kindling-vmm unjailed and without its seccomp
+	// filter: for debugging, never for untrusted code.
+	NoJail bool
+	// CgroupParent, when set, is a cgroup v2 directory (absolute, or
+	// relative to /sys/fs/cgroup) under which each jailed VMM gets its
+	// own cgroup with memory.max, cpu.max and pids.max. Where cgroup v2
+	// with those controllers is not available, VMMs run without one and
+	// the backend warns once.
+	CgroupParent string
+	Logger       *slog.Logger
+
+	// vmmEnv is the jailed VMM's environment, for tests (the seccomp
+	// self-test).
+	vmmEnv []string
 }
 
 // MicroVMBackend starts sandboxes as microVMs, one kindling-vmm process
 // each, detached from kindlingd so that they outlive it.
 type MicroVMBackend struct {
-	opts MicroVMOptions
-	log  *slog.Logger
+	opts       MicroVMOptions
+	log        *slog.Logger
+	cgroupWarn sync.Once
 }
 
 var _ Backend = (*MicroVMBackend)(nil)
@@ -79,7 +125,7 @@ func (b *MicroVMBackend) CanSnapshot() bool { return true }
 // vmConfig is the VM a spec describes. restore leaves out what a snapshot
 // carries (the kernel, memory, vCPUs, CPU template).
 func vmConfig(spec Spec, restore bool) vmm.Config {
-	uds := filepath.Join(spec.Dir, microVMVsock)
+	uds := filepath.Join(runDir(spec.Dir), microVMVsock)
 	cfg := vmm.Config{Console: "none", Vsock: &vmm.Vsock{GuestCID: microVMGuestCID, Path: uds}}
 	if restore {
 		return cfg
@@ -103,9 +149,65 @@ func vmConfig(spec Spec, restore bool) vmm.Config {
 	return cfg
 }
 
+// runDir is a sandbox's Dir/run: the jail's /run, where the VMM's
+// sockets are (unjailed too, so that the layout is one).
+func runDir(dir string) string { return filepath.Join(dir, jail.RunName) }
+
 // agentChannel is where the agent's vsock connections to the host arrive.
 func agentChannel(dir string) string {
-	return fmt.Sprintf("%s_%d", filepath.Join(dir, microVMVsock), agentVsockPort)
+	return fmt.Sprintf("%s_%d", filepath.Join(runDir(dir), microVMVsock), agentVsockPort)
+}
+
+// jailedDir reports whether a sandbox directory is a jail's (a jailer
+// ran there).
+func jailedDir(dir string) bool {
+	_, err := os.Lstat(filepath.Join(dir, jail.StatusName))
+	return err == nil
+}
+
+// jailSpec is the jail for spec's VMM; launch adds the VMM, its config
+// and the files they name.
+func (b *MicroVMBackend) jailSpec(spec Spec) *jail.Spec {
+	js := &jail.Spec{
+		ID:       spec.ID,
+		UID:      jail.UniqueID(spec.ID),
+		GID:      microVMJailGID,
+		ReadOnly: jail.KVMModuleBinds(), // so that the VMM knows its host kind
+		Devices:  []string{"/dev/kvm"},
+		Proc:     true, // for a working set's /proc/self/pagemap
+		Env:      b.opts.vmmEnv,
+	}
+	js.Cgroup = b.cgroup(spec)
+	return js
+}
+
+// cgroup is the VMM's cgroup, or nil where cgroup v2 with the memory,
+// cpu and pids controllers is not there (warned about once).
+func (b *MicroVMBackend) cgroup(spec Spec) *jail.Cgroup {
+	if b.opts.CgroupParent == "" {
+		return nil
+	}
+	parent := b.opts.CgroupParent
+	if !filepath.IsAbs(parent) {
+		parent = filepath.Join(cgroupRoot, parent)
+	}
+	mem := spec.MemoryMiB
+	if mem == 0 {
+		mem = defaultMicroVMMemoryMiB
+	}
+	vcpus := spec.VCPUs
+	if vcpus == 0 {
+		vcpus = defaultMicroVMVCPUs
+	}
+	c := &jail.Cgroup{Parent: parent, MemoryMax: int64(mem+vmmMemoryOverheadMiB) << 20,
+		CPUMax: fmt.Sprintf("%d %d", vcpus*cpuPeriod, cpuPeriod), PidsMax: vmmPidsMax}
+	if err := jail.CheckCgroupV2(c); err != nil {
+		b.cgroupWarn.Do(func() {
+			b.log.Warn("microVMs run without cgroup limits", "error", err)
+		})
+		return nil
+	}
+	return c
 }
 
 // Boot starts a VM from the image and returns once its task has asked for
@@ -123,7 +225,7 @@ func (b *MicroVMBackend) Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 		sb.abort()
 		return nil, err
 	}
-	sb.log.Info("microVM sandbox booted", "pid", sb.rec.PID)
+	sb.log.Info("microVM sandbox booted", "pid", sb.rec.PID, "jailed", sb.jailed)
 	return sb, nil
 }
 
@@ -142,27 +244,50 @@ func (b *MicroVMBackend) Restore(ctx context.Context, spec Spec, snapshot string
 	if err != nil {
 		return nil, err
 	}
-	sb.log.Info("microVM sandbox restored", "pid", sb.rec.PID, "snapshot", snapshot)
+	sb.log.Info("microVM sandbox restored", "pid", sb.rec.PID, "snapshot", snapshot, "jailed", sb.jailed)
 	return sb, nil
 }
 
 // start listens for the agent, launches the VMM (booting, or restoring
-// snapshot) and waits for the agent's connection.
+// snapshot) and waits for the agent's connection. Jailed, a directory a
+// jailer used before (a crash left it) is cleaned and made anew, never
+// reused.
 func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) (*microVMSandbox, *guest.Client, error) {
+	jailed := !b.opts.NoJail
+	var js *jail.Spec
+	if jailed {
+		if jailedDir(spec.Dir) || exists(filepath.Join(spec.Dir, jail.RootName)) {
+			b.log.Warn("cleaning a jail directory left over from an earlier VMM", "sandbox", spec.ID, "dir", spec.Dir)
+			if err := jail.Clean(spec.Dir); err != nil {
+				return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+			}
+		}
+		js = b.jailSpec(spec)
+	}
+	if err := os.MkdirAll(runDir(spec.Dir), 0o700); err != nil {
+		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+	}
 	ch := agentChannel(spec.Dir)
 	ln, err := listenAgent(ch)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
+	if jailed {
+		// The jailed VMM connects to it for the guest's connections.
+		if err := os.Chown(ch, js.UID, js.GID); err != nil {
+			ln.Close()
+			return nil, nil, fmt.Errorf("sandbox %s: agent socket: %w", spec.ID, err)
+		}
+	}
 	p, err := launch.Start(ctx, vmConfig(spec, snapshot != ""), launch.Options{Binary: b.opts.VMM, Dir: spec.Dir, ID: spec.ID,
-		Start: true, Restore: snapshot, Detach: true})
+		Start: true, Restore: snapshot, Detach: true, Seccomp: jailed, Jail: js, Jailer: b.opts.Jailer})
 	if err != nil {
 		ln.Close()
 		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
 	pid := p.Cmd.Process.Pid
-	sb := &microVMSandbox{id: spec.ID, dir: spec.Dir, api: p.Client, proc: p, end: newProcEnd(), log: b.log.With("sandbox", spec.ID)}
-	sb.watchExit(p.Exited(), func() string { return describeWait(p.Cmd.ProcessState) })
+	sb := &microVMSandbox{id: spec.ID, dir: spec.Dir, jailed: jailed, api: p.Client, proc: p, end: newProcEnd(), log: b.log.With("sandbox", spec.ID)}
+	sb.watchExit(p.Exited(), func() string { return seccomp.Describe(p.Cmd.ProcessState) })
 	start, err := procStartTime(pid)
 	if err != nil {
 		sb.abort()
@@ -176,6 +301,11 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) 
 		return nil, nil, fmt.Errorf("%w%s", err, logTail(filepath.Join(spec.Dir, launch.DetachedStderr)))
 	}
 	return sb, c, nil
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // Reattach finds a VM a previous kindlingd started: its VMM must still be
@@ -194,7 +324,7 @@ func (b *MicroVMBackend) Reattach(ctx context.Context, rec Record) (Sandbox, err
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", rec.ID, err)
 	}
-	sb := &microVMSandbox{id: rec.ID, dir: rec.Dir, rec: rec, api: client.New(rec.APISock), watch: w, end: newProcEnd(), log: b.log.With("sandbox", rec.ID)}
+	sb := &microVMSandbox{id: rec.ID, dir: rec.Dir, jailed: jailedDir(rec.Dir), rec: rec, api: client.New(rec.APISock), watch: w, end: newProcEnd(), log: b.log.With("sandbox", rec.ID)}
 	sb.watchExit(w.end.done, func() string { return w.end.Reason() })
 	fail := func(err error) (Sandbox, error) {
 		sb.abort()
@@ -222,22 +352,23 @@ func (b *MicroVMBackend) Reattach(ctx context.Context, rec Record) (Sandbox, err
 	if _, err := sb.link.connected(ctx, agentReconnectWait); err != nil {
 		return fail(err)
 	}
-	sb.log.Info("microVM sandbox reattached", "pid", rec.PID)
+	sb.log.Info("microVM sandbox reattached", "pid", rec.PID, "jailed", sb.jailed)
 	return sb, nil
 }
 
 // microVMSandbox is one VM.
 type microVMSandbox struct {
-	id    string
-	dir   string
-	rec   Record
-	log   *slog.Logger
-	api   *client.Client
-	proc  *launch.Process // our child; nil when reattached
-	watch *pidWatch       // a reattached VMM
-	end   *procEnd
-	gone  <-chan struct{} // closed when the VMM process has ended
-	link  *agentLink
+	id     string
+	dir    string
+	jailed bool // its VMM runs in a jail whose directory is dir
+	rec    Record
+	log    *slog.Logger
+	api    *client.Client
+	proc   *launch.Process // our child; nil when reattached
+	watch  *pidWatch       // a reattached VMM
+	end    *procEnd
+	gone   <-chan struct{} // closed when the VMM process has ended
+	link   *agentLink
 
 	stopWatch context.CancelFunc // ends the long poll for the VM's stop
 	stopOnce  sync.Once
@@ -321,16 +452,30 @@ func (s *microVMSandbox) Invoke(ctx context.Context, id string, payload []byte, 
 }
 
 // Snapshot pauses the VM, cuts a full snapshot into dir and resumes it.
-// It waits for a running invocation to finish first.
+// It waits for a running invocation to finish first. A jailed VMM writes
+// only to its /run: the snapshot is cut there and moved to dir. Either
+// way its files end up root's, readable by the jails' group, so that any
+// jail can restore them.
 func (s *microVMSandbox) Snapshot(ctx context.Context, dir string) error {
 	if err := s.link.acquire(ctx); err != nil {
 		return err
 	}
 	defer s.link.release()
+	target := dir
+	if s.jailed {
+		target = filepath.Join(runDir(s.dir), jailSnapshotDir)
+		if err := os.RemoveAll(target); err != nil {
+			return fmt.Errorf("sandbox %s: snapshot: %w", s.id, err)
+		}
+	}
 	if err := s.api.Pause(ctx); err != nil {
 		return fmt.Errorf("sandbox %s: snapshot: pause: %w", s.id, err)
 	}
-	_, serr := s.api.Snapshot(ctx, dir)
+	vmmDir := target
+	if s.jailed {
+		vmmDir = filepath.Join(jail.RunDir, jailSnapshotDir)
+	}
+	_, serr := s.api.Snapshot(ctx, vmmDir)
 	// Resume even if ctx ended: a paused VM serves nobody.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), vmmStopWait)
 	defer cancel()
@@ -341,18 +486,55 @@ func (s *microVMSandbox) Snapshot(ctx context.Context, dir string) error {
 	if rerr != nil {
 		return fmt.Errorf("sandbox %s: resume after the snapshot: %w", s.id, rerr)
 	}
+	if err := shareSnapshot(target); err != nil {
+		return fmt.Errorf("sandbox %s: snapshot: %w", s.id, err)
+	}
+	if target != dir {
+		if err := os.Rename(target, dir); err != nil {
+			os.RemoveAll(target)
+			return fmt.Errorf("sandbox %s: snapshot: move it out of the jail: %w", s.id, err)
+		}
+	}
 	return nil
 }
 
-// Stop stops the VM through its API, kills the VMM if it lingers, and
-// removes the sandbox's directory.
+// shareSnapshot makes a snapshot's files root's, group microVMJailGID,
+// read-only to the group (0640, directories 0750): the jail that cut it
+// owned them, mode 0600.
+func shareSnapshot(dir string) error {
+	return filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Type()&os.ModeSymlink != 0 {
+			return fmt.Errorf("%s: a symlink in a snapshot", p)
+		}
+		mode := os.FileMode(0o640)
+		if fi.IsDir() {
+			mode = 0o750
+		}
+		if err := os.Lchown(p, 0, microVMJailGID); err != nil {
+			return err
+		}
+		return os.Chmod(p, mode)
+	})
+}
+
+// Stop stops the VM through its API, kills the VMM if it lingers (PID 1
+// of its jail, whose end takes the jail down), and removes the sandbox's
+// directory with jail.Clean once the VMM has exited.
 func (s *microVMSandbox) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		if s.link != nil {
 			s.link.close()
 		}
 		s.stopErr = s.terminate(ctx)
-		if err := os.RemoveAll(s.dir); err != nil && s.stopErr == nil {
+		select {
+		case <-s.end.done:
+		default:
+			return // still running: leave its files (terminate said why)
+		}
+		if err := jail.Clean(s.dir); err != nil && s.stopErr == nil {
 			s.stopErr = fmt.Errorf("sandbox %s: %w", s.id, err)
 		}
 	})

@@ -24,13 +24,24 @@ import (
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/api/client"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
+	"github.com/kindlingvm/kindling/vmm/jail"
+	"github.com/kindlingvm/kindling/vmm/seccomp"
 )
 
 func buildVMM(t *testing.T, dir string) string {
 	t.Helper()
-	bin := filepath.Join(dir, "kindling-vmm")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/kindlingvm/kindling/cmd/kindling-vmm").CombinedOutput(); err != nil {
-		t.Fatalf("build kindling-vmm: %v\n%s", err, out)
+	return buildStatic(t, dir, "kindling-vmm")
+}
+
+// buildStatic builds cmd/name into dir, statically: a jail has no shared
+// libraries.
+func buildStatic(t *testing.T, dir, name string) string {
+	t.Helper()
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/kindlingvm/kindling/cmd/"+name)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}
 	return bin
 }
@@ -80,36 +91,96 @@ func standInAgent(t *testing.T, initBin, task, channel string) {
 // kindling-vmm processes running a kernel that only halts, and a
 // kindling-init host process standing in for the guest's agent on the
 // VMM's vsock socket: boot, invoke, snapshot, restore, reattach, a VMM
-// killed mid-invocation, stop, and boots that fail.
+// killed mid-invocation, stop, and boots that fail. It runs jailed (the
+// default: each VMM in its own jail, under seccomp) and unjailed.
 func TestMicroVMBackendWithStandInAgent(t *testing.T) {
 	testhost.RequireKVM(t)
-	dir := t.TempDir()
-	kernel := pvhKernel(t, dir, "idle.elf", "1:\thlt\n\tjmp 1b\n")
-	vmmBin := buildVMM(t, dir)
-	initBin := filepath.Join(dir, "kindling-init")
-	if out, err := exec.Command("go", "build", "-o", initBin, "github.com/kindlingvm/kindling/cmd/kindling-init").CombinedOutput(); err != nil {
+	for _, jailed := range []bool{true, false} {
+		name := "jailed"
+		if !jailed {
+			name = "unjailed"
+		}
+		t.Run(name, func(t *testing.T) {
+			if jailed {
+				requireRootForJail(t)
+			}
+			testMicroVMBackend(t, jailed)
+		})
+	}
+}
+
+func requireRootForJail(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: jails need root (namespaces, mounts, mknod)")
+	}
+}
+
+// microVMFixture is what the microVM tests share: the binaries, an image
+// of the aws-lambda-go task with a kernel that only halts, and sandbox
+// specs.
+type microVMFixture struct {
+	dir, vmm, jailer, init, task, img string
+	m                                 *rootfs.Manifest
+	n                                 int
+}
+
+func newMicroVMFixture(t *testing.T) *microVMFixture {
+	t.Helper()
+	f := &microVMFixture{dir: t.TempDir()}
+	kernel := pvhKernel(t, f.dir, "idle.elf", "1:\thlt\n\tjmp 1b\n")
+	f.vmm = buildVMM(t, f.dir)
+	f.jailer = buildStatic(t, f.dir, "kindling-jailer")
+	f.init = filepath.Join(f.dir, "kindling-init")
+	if out, err := exec.Command("go", "build", "-o", f.init, "github.com/kindlingvm/kindling/cmd/kindling-init").CombinedOutput(); err != nil {
 		t.Fatalf("build kindling-init: %v\n%s", err, out)
 	}
-	task, err := testtasks.Build(dir, testtasks.GoLambda)
+	var err error
+	if f.task, err = testtasks.Build(f.dir, testtasks.GoLambda); err != nil {
+		t.Fatal(err)
+	}
+	f.img = filepath.Join(f.dir, "image")
+	if f.m, err = rootfs.BuildImage(rootfs.ImageSpec{Init: f.init, Task: f.task, Kernel: kernel, Codec: rootfs.CodecNone}, f.img); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *microVMFixture) spec(t *testing.T) Spec {
+	t.Helper()
+	f.n++
+	id := fmt.Sprintf("vm-%d", f.n)
+	d := filepath.Join(f.dir, "state", id)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return Spec{ID: id, Dir: d, Image: f.img, Manifest: f.m, Function: "fn", MemoryMiB: 32, VCPUs: 1}
+}
+
+func (f *microVMFixture) backend(jailed bool) *MicroVMBackend {
+	return NewMicroVMBackend(MicroVMOptions{VMM: f.vmm, Jailer: f.jailer, NoJail: !jailed})
+}
+
+// procStatusField is a field of /proc/PID/status, its spaces squeezed.
+func procStatusField(t *testing.T, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(dir, "image")
-	m, err := rootfs.BuildImage(rootfs.ImageSpec{Init: initBin, Task: task, Kernel: kernel, Codec: rootfs.CodecNone}, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	newSpec := func() Spec {
-		n++
-		id := fmt.Sprintf("vm-%d", n)
-		d := filepath.Join(dir, "state", id)
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			t.Fatal(err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
+			return strings.Join(strings.Fields(v), " ")
 		}
-		return Spec{ID: id, Dir: d, Image: img, Manifest: m, Function: "fn", MemoryMiB: 32, VCPUs: 1}
 	}
-	b := NewMicroVMBackend(MicroVMOptions{VMM: vmmBin})
+	return ""
+}
+
+func testMicroVMBackend(t *testing.T, jailed bool) {
+	f := newMicroVMFixture(t)
+	dir, initBin, task := f.dir, f.init, f.task
+	newSpec := func() Spec { return f.spec(t) }
+	b := f.backend(jailed)
 	if b.Name() != BackendMicroVM || !b.IsolationGrade() || !b.CanSnapshot() {
 		t.Fatal("backend properties")
 	}
@@ -126,8 +197,28 @@ func TestMicroVMBackendWithStandInAgent(t *testing.T) {
 	sb := sbI.(*microVMSandbox)
 	defer sb.Stop(context.Background())
 	rec := sb.Record()
-	if rec.Backend != BackendMicroVM || rec.Channel != filepath.Join(spec.Dir, "vsock_1024") || rec.APISock != filepath.Join(spec.Dir, "api.sock") || rec.Dir != spec.Dir {
+	wantAPI := filepath.Join(spec.Dir, "api.sock")
+	if jailed {
+		wantAPI = filepath.Join(spec.Dir, "run", "api.sock")
+	}
+	if rec.Backend != BackendMicroVM || rec.Channel != filepath.Join(spec.Dir, "run", "vsock_1024") || rec.APISock != wantAPI || rec.Dir != spec.Dir {
 		t.Errorf("record %+v", rec)
+	}
+	if jailed {
+		// Jailed: its own uid, the jails' group, seccomp, no privileges,
+		// PID 1 of its own PID namespace.
+		uid := fmt.Sprint(jail.UniqueID(spec.ID))
+		for k, want := range map[string]string{"Uid": strings.Repeat(uid+" ", 3) + uid, "Gid": strings.Repeat(fmt.Sprint(microVMJailGID)+" ", 3) + fmt.Sprint(microVMJailGID),
+			"Seccomp": "2", "NoNewPrivs": "1", "CapEff": "0000000000000000", "NSpid": fmt.Sprintf("%d 1", rec.PID)} {
+			if got := procStatusField(t, rec.PID, k); got != want {
+				t.Errorf("the jailed VMM's %s: %q, want %q", k, got, want)
+			}
+		}
+		if st, err := os.Stat(rec.Channel); err != nil || st.Sys().(*syscall.Stat_t).Uid != uint32(jail.UniqueID(spec.ID)) {
+			t.Errorf("agent socket %v: want it the jail's, for the VMM to connect to", err)
+		}
+	} else if got := procStatusField(t, rec.PID, "Seccomp"); got != "0" {
+		t.Errorf("unjailed VMM's Seccomp %q, want 0", got)
 	}
 	if st, err := procStartTime(rec.PID); err != nil || st != rec.StartTime {
 		t.Errorf("start time %d %v, recorded %d", st, err, rec.StartTime)
@@ -145,17 +236,29 @@ func TestMicroVMBackendWithStandInAgent(t *testing.T) {
 	if st, err := client.New(rec.APISock).Status(ctx); err != nil || st.State != vmm.StateRunning {
 		t.Fatalf("after the snapshot: %v %v", st.State, err)
 	}
+	// Root's, readable by the jails' group, for any jail to restore.
+	filepath.Walk(snap, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			t.Error(err)
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != 0 || int(st.Gid) != microVMJailGID || fi.Mode().Perm()&0o077 != 0o040 && !fi.IsDir() {
+			t.Errorf("snapshot file %s: owner %d:%d mode %v", p, st.Uid, st.Gid, fi.Mode())
+		}
+		return nil
+	})
 	mustRespond(t, sb, "inv-2", `{"op":"echo","text":"after snapshot"}`, "after snapshot")
 
 	// Reattach with a fresh backend; the VMM is not our child then.
 	sb.detach()
-	sb2I, err := NewMicroVMBackend(MicroVMOptions{VMM: vmmBin}).Reattach(ctx, rec)
+	sb2I, err := f.backend(jailed).Reattach(ctx, rec)
 	if err != nil {
 		t.Fatalf("reattach: %v", err)
 	}
 	sb2 := sb2I.(*microVMSandbox)
-	if sb2.Record() != rec {
-		t.Errorf("reattached record %+v", sb2.Record())
+	if sb2.Record() != rec || sb2.jailed != jailed {
+		t.Errorf("reattached record %+v, jailed %v", sb2.Record(), sb2.jailed)
 	}
 	mustRespond(t, sb2, "inv-3", `{"op":"echo","text":"reattached"}`, "reattached")
 
@@ -240,7 +343,11 @@ func TestMicroVMBackendWithStandInAgent(t *testing.T) {
 		spec := newSpec()
 		spec.Image, spec.Manifest = bogus, bm
 		_, err = b.Boot(ctx, spec)
-		if err == nil || !strings.Contains(err.Error(), filepath.Join(bogus, "vmlinux")) {
+		want := filepath.Join(bogus, "vmlinux")
+		if jailed {
+			want = "kernel /kernel" // the path the jailed VMM sees
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("boot of a bogus kernel: %v", err)
 		}
 		t.Logf("the VMM said: %v", err)
@@ -249,6 +356,63 @@ func TestMicroVMBackendWithStandInAgent(t *testing.T) {
 		}
 		if _, err := os.Stat(agentChannel(spec.Dir)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("agent socket left: %v", err)
+		}
+	})
+}
+
+// TestMicroVMJailedBadEnds: a jailed VMM killed by a seccomp-denied call
+// fails its sandbox's start with an error naming seccomp; a jail
+// directory a crash left behind is cleaned, never reused, when a sandbox
+// starts in it.
+func TestMicroVMJailedBadEnds(t *testing.T) {
+	testhost.RequireKVM(t)
+	requireRootForJail(t)
+	f := newMicroVMFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	t.Run("seccomp-denied", func(t *testing.T) {
+		b := NewMicroVMBackend(MicroVMOptions{VMM: f.vmm, Jailer: f.jailer, vmmEnv: []string{seccomp.SelfTestEnv + "=1"}})
+		spec := f.spec(t)
+		_, err := b.Boot(ctx, spec)
+		if err == nil || !strings.Contains(err.Error(), "seccomp denied a call") || !strings.Contains(err.Error(), "signal 31") {
+			t.Fatalf("boot of a VMM that makes a denied call: %v; want an error naming seccomp", err)
+		}
+		t.Logf("boot: %v", err)
+		if _, err := os.Stat(agentChannel(spec.Dir)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("agent socket left: %v", err)
+		}
+	})
+
+	t.Run("leftover-dir", func(t *testing.T) {
+		spec := f.spec(t)
+		// What a kindlingd that crashed mid-start leaves: a used jail
+		// directory (root/, jail-status, its run/ and files).
+		for _, d := range []string{"root", "run"} {
+			if err := os.Mkdir(filepath.Join(spec.Dir, d), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stale := filepath.Join(spec.Dir, "run", "stale")
+		for _, p := range []string{filepath.Join(spec.Dir, jail.StatusName), stale} {
+			if err := os.WriteFile(p, []byte(`{"ok":true}`+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		standInAgent(t, f.init, f.task, agentChannel(spec.Dir))
+		sb, err := f.backend(true).Boot(ctx, spec)
+		if err != nil {
+			t.Fatalf("boot in a leftover jail directory: %v", err)
+		}
+		if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the leftover's file is still there: %v", err)
+		}
+		mustRespond(t, sb, "inv-1", `{"op":"echo","text":"clean"}`, "clean")
+		if err := sb.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(spec.Dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("dir after stop: %v", err)
 		}
 	})
 }

@@ -45,8 +45,10 @@ type Binaries struct {
 // Build builds everything into dir.
 func Build(dir string) (*Binaries, error) {
 	b := &Binaries{Dir: dir, Kindlingd: filepath.Join(dir, "kindlingd"), Init: filepath.Join(dir, "kindling-init"), VMM: filepath.Join(dir, "kindling-vmm")}
-	// kindling-vmm beside kindlingd: the microVM backend looks for it there.
-	for pkg, out := range map[string]string{"./cmd/kindlingd": b.Kindlingd, "./cmd/kindling-init": b.Init, "./cmd/kindling-vmm": b.VMM} {
+	// kindling-vmm and kindling-jailer beside kindlingd: the microVM
+	// backend looks for them there.
+	for pkg, out := range map[string]string{"./cmd/kindlingd": b.Kindlingd, "./cmd/kindling-init": b.Init, "./cmd/kindling-vmm": b.VMM,
+		"./cmd/kindling-jailer": filepath.Join(dir, "kindling-jailer")} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Dir = ModuleRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

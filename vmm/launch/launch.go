@@ -19,6 +19,8 @@ import (
 
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/api/client"
+	"github.com/kindlingvm/kindling/vmm/jail"
+	"github.com/kindlingvm/kindling/vmm/seccomp"
 )
 
 // BinaryName is the VMM executable.
@@ -26,17 +28,23 @@ const BinaryName = "kindling-vmm"
 
 // FindBinary looks for kindling-vmm next to the running executable, then on
 // $PATH.
-func FindBinary() (string, error) {
+func FindBinary() (string, error) { return findProgram(BinaryName) }
+
+// FindJailer looks for kindling-jailer next to the running executable,
+// then on $PATH.
+func FindJailer() (string, error) { return findProgram(jail.JailerName) }
+
+func findProgram(name string) (string, error) {
 	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), BinaryName)
+		p := filepath.Join(filepath.Dir(self), name)
 		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
-	if p, err := exec.LookPath(BinaryName); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", fmt.Errorf("%s not found next to this program or on $PATH: build it with `make build` (it goes to ./bin)", BinaryName)
+	return "", fmt.Errorf("%s not found next to this program or on $PATH: build it with `make build` (it goes to ./bin)", name)
 }
 
 // Options are how a VMM process is started.
@@ -62,6 +70,25 @@ type Options struct {
 	// not used), never to pipes whose reader may die. Dir must be given.
 	// The Process works as usual while its starter lives.
 	Detach bool
+	// Seccomp passes --seccomp: the VMM confines itself to its
+	// system-call allow-list before its first KVM_RUN.
+	Seccomp bool
+	// Jail, when set, runs the VMM jailed (package jail) by Jailer, which
+	// execs it in place: the Process's Cmd is the VMM's process, in new
+	// namespaces, and a detached one is still reattachable by PID. The
+	// caller sets the jail's identity and confinement (ID, UID, GID,
+	// Devices, Proc, Cgroup, Env and any extra read-only binds); Start
+	// sets Dir (to Dir, which must be given), Argv, and binds in the VMM
+	// binary, the config, and the files the config and Restore name. The
+	// config and Restore give host paths, as unjailed: the kernel,
+	// initrd, disks and snapshot are bound in read-only at fixed paths;
+	// the console file and vsock socket must be under Dir/run (the jail's
+	// /run, writable). The API socket is Dir/run/api.sock. The jail's
+	// UID or GID must be able to read the bound files.
+	Jail *jail.Spec
+	// Jailer is the kindling-jailer binary, with Jail; default:
+	// FindJailer.
+	Jailer string
 }
 
 // Files a detached VMM writes in its Dir.
@@ -101,19 +128,45 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		}
 		dir, p.tmp = d, d
 	}
+	var js *jail.Spec
+	if opt.Jail != nil {
+		if opt.Dir == "" {
+			return nil, errors.New("launch: a jailed VMM needs a Dir for its jail")
+		}
+		s := *opt.Jail
+		s.ReadOnly = append([]jail.Bind(nil), s.ReadOnly...)
+		s.Dir = dir
+		js = &s
+		var err error
+		if cfg, opt.Restore, err = jailPaths(js, cfg, opt.Restore); err != nil {
+			return nil, fmt.Errorf("launch: %w", err)
+		}
+	}
 	cfgPath := filepath.Join(dir, "vm.json")
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+	// Jailed, the VMM reads it as the jail's uid, through a bind: it
+	// holds paths, no secrets.
+	mode := os.FileMode(0o600)
+	if js != nil {
+		mode = 0o644
+	}
+	if err := writeFileMode(cfgPath, b, mode); err != nil {
 		p.cleanup()
 		return nil, err
 	}
 	p.Sock = filepath.Join(dir, "api.sock")
-	args := []string{"--config", cfgPath, "--api-sock", p.Sock}
+	sock, cfgArg := p.Sock, cfgPath
+	if js != nil {
+		p.Sock = filepath.Join(dir, jail.RunName, jailAPISock)
+		sock, cfgArg = filepath.Join(jail.RunDir, jailAPISock), jailConfig
+		js.ReadOnly = append(js.ReadOnly, jail.Bind{Source: cfgPath, Target: jailConfig})
+	}
+	args := []string{"--config", cfgArg, "--api-sock", sock}
 	if opt.Restore != "" {
-		args = []string{"--restore", opt.Restore, "--api-sock", p.Sock}
+		args = []string{"--restore", opt.Restore, "--api-sock", sock}
 		if cfg.Console != "" {
 			args = append(args, "--console", cfg.Console)
 		}
@@ -137,13 +190,30 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 	if opt.Start {
 		args = append(args, "--start")
 	}
-	p.Cmd = exec.Command(bin, args...)
+	if opt.Seccomp {
+		args = append(args, "--seccomp")
+	}
+	if js != nil {
+		jailer := opt.Jailer
+		if jailer == "" {
+			if jailer, err = FindJailer(); err != nil {
+				return nil, err
+			}
+		}
+		js.ReadOnly = append(js.ReadOnly, jail.Bind{Source: bin, Target: jailBinary})
+		js.Argv = append([]string{jailBinary}, args...)
+		if p.Cmd, err = jail.Command(jailer, *js); err != nil {
+			return nil, fmt.Errorf("launch: %w", err)
+		}
+	} else {
+		p.Cmd = exec.Command(bin, args...)
+	}
 	// Keep the start of stderr so an early failure can be reported as the
 	// VMM's own one-line message.
 	early := &headBuffer{max: 4096}
 	earlyMsg := early.String
 	if opt.Detach {
-		from, err := detach(p.Cmd, dir)
+		from, err := detach(p.Cmd, dir, js != nil)
 		if err != nil {
 			return nil, err
 		}
@@ -156,8 +226,11 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 			p.Cmd.Stderr = early
 		}
 		// Its own process group: a Ctrl-C reaches the CLI, which stops the VM
-		// through the API and so learns the exit reason.
-		p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		// through the API and so learns the exit reason. (A jail's
+		// command has its session and namespaces already.)
+		if js == nil {
+			p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		}
 	}
 	err = p.Cmd.Start()
 	if opt.Detach {
@@ -190,10 +263,20 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		}
 	case <-p.exited:
 		p.cleanup()
+		ps := p.Cmd.ProcessState
+		if js != nil && ps != nil && ps.ExitCode() == jail.ExitSetupFailed {
+			// The jailer failed before the exec, and says where.
+			if err := jail.ReadStatus(dir); err != nil {
+				return nil, fmt.Errorf("launch: %w", err)
+			}
+		}
+		if seccomp.Killed(ps) {
+			return nil, fmt.Errorf("%s %s", BinaryName, seccomp.Describe(ps))
+		}
 		if msg := strings.TrimSpace(earlyMsg()); msg != "" {
 			return nil, errors.New(strings.TrimPrefix(msg, BinaryName+": "))
 		}
-		return nil, fmt.Errorf("%s exited before its API came up: %v", BinaryName, p.err)
+		return nil, fmt.Errorf("%s exited before its API came up: %s", BinaryName, seccomp.Describe(ps))
 	}
 	return p, nil
 }
@@ -202,7 +285,7 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 // parent-death signal, stdin /dev/null, stdout and stderr to files in dir
 // (appended to, so a VMM started again in the same dir keeps the history).
 // It returns where this VMM's stderr starts in its file.
-func detach(cmd *exec.Cmd, dir string) (int64, error) {
+func detach(cmd *exec.Cmd, dir string, jailed bool) (int64, error) {
 	var files [2]*os.File
 	for i, name := range []string{DetachedStdout, DetachedStderr} {
 		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -221,8 +304,84 @@ func detach(cmd *exec.Cmd, dir string) (int64, error) {
 		return 0, fmt.Errorf("launch: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = files[0], files[1]
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if !jailed { // a jail's command has its own session, and namespaces
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	return st.Size(), nil
+}
+
+// Paths inside a VMM's jail.
+const (
+	jailBinary   = "/kindling-vmm"
+	jailConfig   = "/vm.json"
+	jailKernel   = "/kernel"
+	jailInitrd   = "/initrd"
+	jailSnapshot = "/snapshot"
+	jailAPISock  = "api.sock" // in /run
+)
+
+// jailPaths rewrites cfg's host paths, and restore's, as the jailed VMM
+// sees them, adding to s the read-only binds that make them so. Files
+// the VMM writes (console, vsock socket) must be under s.Dir/run.
+func jailPaths(s *jail.Spec, cfg vmm.Config, restore string) (vmm.Config, string, error) {
+	bindIn := func(host, inside string) string {
+		s.ReadOnly = append(s.ReadOnly, jail.Bind{Source: host, Target: inside})
+		return inside
+	}
+	run := filepath.Join(s.Dir, jail.RunName)
+	inRun := func(what, host string) (string, error) {
+		rel, err := filepath.Rel(run, host)
+		if err != nil || rel == "." || strings.HasPrefix(rel, "..") || !filepath.IsAbs(host) {
+			return "", fmt.Errorf("jailed VMM: %s %s is not under %s, the jail's /run", what, host, run)
+		}
+		return filepath.Join(jail.RunDir, rel), nil
+	}
+	if cfg.Kernel != "" {
+		cfg.Kernel = bindIn(cfg.Kernel, jailKernel)
+	}
+	if cfg.Initrd != "" {
+		cfg.Initrd = bindIn(cfg.Initrd, jailInitrd)
+	}
+	if len(cfg.Disks) > 0 {
+		disks := append([]vmm.Disk(nil), cfg.Disks...)
+		for i := range disks {
+			if !disks[i].ReadOnly {
+				return cfg, "", fmt.Errorf("jailed VMM: disk %s: only read-only disks are bound in so far", disks[i].Path)
+			}
+			disks[i].Path = bindIn(disks[i].Path, fmt.Sprintf("/disk%d", i))
+		}
+		cfg.Disks = disks
+	}
+	switch cfg.Console {
+	case "", "none", "stdout":
+	default:
+		p, err := inRun("console", cfg.Console)
+		if err != nil {
+			return cfg, "", err
+		}
+		cfg.Console = p
+	}
+	if cfg.Vsock != nil && cfg.Vsock.Path != "" {
+		p, err := inRun("vsock socket", cfg.Vsock.Path)
+		if err != nil {
+			return cfg, "", err
+		}
+		v := *cfg.Vsock
+		v.Path = p
+		cfg.Vsock = &v
+	}
+	if restore != "" {
+		restore = bindIn(restore, jailSnapshot)
+	}
+	return cfg, restore, nil
+}
+
+// writeFileMode writes a file with exactly mode, past the umask.
+func writeFileMode(path string, b []byte, mode os.FileMode) error {
+	if err := os.WriteFile(path, b, mode); err != nil {
+		return err
+	}
+	return os.Chmod(path, mode)
 }
 
 // readAt returns up to max bytes of the file at path from offset off, or "".

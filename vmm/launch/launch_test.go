@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kindlingvm/kindling/vmm"
+	"github.com/kindlingvm/kindling/vmm/jail"
 )
 
 func buildVMM(t *testing.T) string {
@@ -88,4 +90,92 @@ func TestDetachReportsTheVMMError(t *testing.T) {
 	if !strings.Contains(string(log), "earlier run") || !strings.Contains(string(log), kernel) {
 		t.Errorf("log %q: want both runs", log)
 	}
+}
+
+// A jailed VMM: the jail's command runs detached (its own session, PID 1
+// of its PID namespace), under seccomp, with its API at Dir/run/api.sock;
+// a jailer that fails before the exec is reported by its status file; a
+// file the VMM writes must be under the jail's /run.
+func TestJailed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: jails need root")
+	}
+	bin := buildVMM(t)
+	jailer := filepath.Join(t.TempDir(), jail.JailerName)
+	cmd := exec.Command("go", "build", "-o", jailer, "github.com/kindlingvm/kindling/cmd/kindling-jailer")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	// buildVMM's binary may be dynamically linked; the jail needs static.
+	static := exec.Command("go", "build", "-o", bin, "github.com/kindlingvm/kindling/cmd/kindling-vmm")
+	static.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := static.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ctx := context.Background()
+	spec := func(id string) *jail.Spec {
+		return &jail.Spec{ID: id, UID: jail.UniqueID(id), GID: jail.UniqueID(id), Devices: []string{"/dev/kvm"}}
+	}
+	newDir := func(t *testing.T) string {
+		dir := filepath.Join(t.TempDir(), "jail")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := jail.Clean(dir); err != nil {
+				t.Error(err)
+			}
+		})
+		return dir
+	}
+
+	dir := newDir(t)
+	p, err := Start(ctx, vmm.Config{MemoryMiB: 16, VCPUs: 1, Console: "none", Vsock: &vmm.Vsock{GuestCID: 3, Path: filepath.Join(dir, "run", "vsock")}},
+		Options{Binary: bin, Jailer: jailer, Dir: dir, ID: "launch-jailed", Detach: true, Seccomp: true, Jail: spec("launch-jailed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := p.Cmd.Process.Pid
+	if p.Sock != filepath.Join(dir, "run", "api.sock") {
+		t.Errorf("socket %s", p.Sock)
+	}
+	if sid, _ := unix.Getsid(pid); sid != pid {
+		t.Errorf("session %d, want its own", sid)
+	}
+	status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	for _, want := range []string{"NSpid:\t" + strconv.Itoa(pid) + "\t1\n", "Seccomp:\t2\n"} {
+		if !strings.Contains(string(status), want) {
+			t.Errorf("/proc/%d/status lacks %q", pid, want)
+		}
+	}
+	if st, err := p.Client.Status(ctx); err != nil || st.State != vmm.StateCreated {
+		t.Fatalf("status %v %v", st.State, err)
+	}
+	if _, err := p.Client.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.Wait(); code != 0 {
+		t.Errorf("exit %d\n%s", code, readAt(filepath.Join(dir, DetachedStderr), 0, 4096))
+	}
+
+	t.Run("setup-fails", func(t *testing.T) {
+		s := spec("launch-setup")
+		s.Devices = []string{"/dev/kindling-no-such-device"}
+		dir := newDir(t)
+		_, err := Start(ctx, vmm.Config{MemoryMiB: 16, VCPUs: 1, Console: "none"}, Options{Binary: bin, Jailer: jailer, Dir: dir, Detach: true, Jail: s})
+		var se *jail.SetupError
+		if !errors.As(err, &se) || !strings.Contains(se.Step, "device") {
+			t.Fatalf("got %v, want the jailer's setup error at the device step", err)
+		}
+		t.Logf("%v", err)
+	})
+	t.Run("outside-run", func(t *testing.T) {
+		dir := newDir(t)
+		_, err := Start(ctx, vmm.Config{MemoryMiB: 16, VCPUs: 1, Console: "none", Vsock: &vmm.Vsock{GuestCID: 3, Path: filepath.Join(dir, "vsock")}},
+			Options{Binary: bin, Jailer: jailer, Dir: dir, Detach: true, Jail: spec("launch-outside")})
+		if err == nil || !strings.Contains(err.Error(), "the jail's /run") {
+			t.Fatalf("got %v", err)
+		}
+	})
 }
