@@ -14,6 +14,7 @@ import (
 	"github.com/kindlingvm/kindling/internal/echoguest"
 	"github.com/kindlingvm/kindling/internal/testdaemon"
 	"github.com/kindlingvm/kindling/rootfs"
+	vmmclient "github.com/kindlingvm/kindling/vmm/api/client"
 )
 
 // TestEchoGuestThroughKindlingd runs the whole microVM path on this host,
@@ -108,4 +109,51 @@ func TestEchoGuestThroughKindlingd(t *testing.T) {
 		}
 	}
 	t.Logf("10 restores at once answered in %v", time.Since(t0).Round(time.Millisecond))
+}
+
+// TestGuestThatNeverAnswers: a guest that stops answering (its VM frozen
+// through the VMM's API) is torn down at the invocation's deadline; the
+// caller gets a timeout, the daemon and the pool carry on.
+func TestGuestThatNeverAnswers(t *testing.T) {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("no /dev/kvm: %v", err)
+	}
+	dir := t.TempDir()
+	kernel, err := echoguest.Build(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "echo-image")
+	if _, err := rootfs.BuildKernelImage(kernel, "", img); err != nil {
+		t.Fatal(err)
+	}
+	sha, _ := testdaemon.ManifestSHA(img)
+	d := startDaemon(t, "--backend", "microvm")
+	ctx := context.Background()
+	_, err = d.API.RegisterFunction(ctx, &api.RegisterFunctionRequest{Function: &api.FunctionSpec{Name: "mute", MemoryMib: 64, TimeoutMs: 300,
+		Image: &api.ImageRef{Path: img, ManifestSha256: sha}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := mustInvoke(t, d, &api.InvokeRequest{Function: "mute", Payload: []byte(`{}`)})
+	if first.State != api.InvocationState_SUCCEEDED {
+		t.Fatalf("first: %v", first)
+	}
+	sock := filepath.Join(d.StateDir, "sandboxes", first.InstanceId, "run", "api.sock")
+	if err := vmmclient.New(sock).Pause(ctx); err != nil {
+		t.Fatalf("pause the VM through %s: %v", sock, err)
+	}
+	t0 := time.Now()
+	r := mustInvoke(t, d, &api.InvokeRequest{Function: "mute", Payload: []byte(`{}`)})
+	if r.State != api.InvocationState_FAILED || r.ErrorType != "Runtime.Timeout" || !strings.Contains(r.ErrorMessage, "did not answer") {
+		t.Fatalf("a frozen guest: %v", r)
+	}
+	t.Logf("torn down after %v", time.Since(t0).Round(time.Millisecond))
+	waitFor(t, "the frozen VM to be gone", func() bool {
+		_, err := os.Stat(filepath.Join(d.StateDir, "sandboxes", first.InstanceId))
+		return os.IsNotExist(err)
+	})
+	if next := mustInvoke(t, d, &api.InvokeRequest{Function: "mute", Payload: []byte(`{"after":1}`)}); next.State != api.InvocationState_SUCCEEDED || next.InstanceId == first.InstanceId {
+		t.Fatalf("after the teardown: %v", next)
+	}
 }
