@@ -24,22 +24,7 @@ import (
 // restore for another tenant, 100 sequential and 20 concurrent
 // invocations, and 10 restores of the same snapshot at once.
 func TestEchoGuestThroughKindlingd(t *testing.T) {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("no /dev/kvm: %v", err)
-	}
-	dir := t.TempDir()
-	kernel, err := echoguest.Build(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "echo-image")
-	if _, err := rootfs.BuildKernelImage(kernel, "", img); err != nil {
-		t.Fatal(err)
-	}
-	sha, err := testdaemon.ManifestSHA(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, sha := echoImage(t)
 	d := startDaemon(t, "--backend", "microvm")
 	ctx := context.Background()
 	hs, err := d.API.HostStatus(ctx, &api.HostStatusRequest{})
@@ -115,22 +100,10 @@ func TestEchoGuestThroughKindlingd(t *testing.T) {
 // through the VMM's API) is torn down at the invocation's deadline; the
 // caller gets a timeout, the daemon and the pool carry on.
 func TestGuestThatNeverAnswers(t *testing.T) {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skipf("no /dev/kvm: %v", err)
-	}
-	dir := t.TempDir()
-	kernel, err := echoguest.Build(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "echo-image")
-	if _, err := rootfs.BuildKernelImage(kernel, "", img); err != nil {
-		t.Fatal(err)
-	}
-	sha, _ := testdaemon.ManifestSHA(img)
+	img, sha := echoImage(t)
 	d := startDaemon(t, "--backend", "microvm")
 	ctx := context.Background()
-	_, err = d.API.RegisterFunction(ctx, &api.RegisterFunctionRequest{Function: &api.FunctionSpec{Name: "mute", MemoryMib: 64, TimeoutMs: 300,
+	_, err := d.API.RegisterFunction(ctx, &api.RegisterFunctionRequest{Function: &api.FunctionSpec{Name: "mute", MemoryMib: 64, TimeoutMs: 300,
 		Image: &api.ImageRef{Path: img, ManifestSha256: sha}}})
 	if err != nil {
 		t.Fatal(err)
@@ -156,4 +129,25 @@ func TestGuestThatNeverAnswers(t *testing.T) {
 	if next := mustInvoke(t, d, &api.InvokeRequest{Function: "mute", Payload: []byte(`{"after":1}`)}); next.State != api.InvocationState_SUCCEEDED || next.InstanceId == first.InstanceId {
 		t.Fatalf("after the teardown: %v", next)
 	}
+}
+
+// echoImage builds the echo guest into a kernel-only image.
+func echoImage(t *testing.T) (img, sha string) {
+	t.Helper()
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("no /dev/kvm: %v", err)
+	}
+	dir := t.TempDir()
+	kernel, err := echoguest.Build(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = filepath.Join(dir, "echo-image")
+	if _, err := rootfs.BuildKernelImage(kernel, "", img); err != nil {
+		t.Fatal(err)
+	}
+	if sha, err = testdaemon.ManifestSHA(img); err != nil {
+		t.Fatal(err)
+	}
+	return img, sha
 }
