@@ -208,6 +208,18 @@ func compress(codec string, data []byte) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
+// ManifestDigest is the SHA-256 (hex) of dir/manifest.json: it names the
+// digests of the image's other files, so it names the whole image (the
+// reference kindlingd registers functions by).
+func ManifestDigest(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
 // ReadManifest reads dir/manifest.json and checks the image's files
 // against it.
 func ReadManifest(dir string) (*Manifest, error) {

@@ -200,7 +200,7 @@ func (a *Agent) invoke(f Frame) {
 		return // queued or running: its result will come
 	}
 	if f.ID == "" {
-		go a.send(Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.InvalidRequest"}, Body: errorDoc("invocation without an ID", "Runtime.InvalidRequest")})
+		go a.send(Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.InvalidRequest"}, Body: ErrorDocument("invocation without an ID", "Runtime.InvalidRequest")})
 		return
 	}
 	inv := &invocation{id: f.ID, arrived: time.Now(), deadline: time.UnixMilli(f.DeadlineMs), payload: f.Body}
@@ -250,7 +250,7 @@ func (a *Agent) timeout(inv *invocation) {
 	defer a.mu.Unlock()
 	_, running := a.inflight[inv.id]
 	msg := fmt.Sprintf("Task timed out after %s", inv.deadline.Sub(inv.arrived).Round(10*time.Millisecond))
-	if !a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.Timeout"}, Body: errorDoc(msg, "Runtime.Timeout")}) {
+	if !a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.Timeout"}, Body: ErrorDocument(msg, "Runtime.Timeout")}) {
 		return
 	}
 	if running && a.task != nil && a.task.Process != nil {
@@ -310,10 +310,10 @@ func (a *Agent) response(w http.ResponseWriter, r *http.Request) {
 	defer a.mu.Unlock()
 	switch {
 	case err != nil:
-		a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.ResponseError"}, Body: errorDoc("reading the response: "+err.Error(), "Runtime.ResponseError")})
+		a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.ResponseError"}, Body: ErrorDocument("reading the response: "+err.Error(), "Runtime.ResponseError")})
 	case len(body) > MaxPayload:
 		http.Error(w, `{"errorMessage":"response over 6 MB","errorType":"RequestEntityTooLarge"}`, http.StatusRequestEntityTooLarge)
-		a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.PayloadTooLarge"}, Body: errorDoc(fmt.Sprintf("response exceeds %d bytes", MaxPayload), "Runtime.PayloadTooLarge")})
+		a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.PayloadTooLarge"}, Body: ErrorDocument(fmt.Sprintf("response exceeds %d bytes", MaxPayload), "Runtime.PayloadTooLarge")})
 		return
 	default:
 		a.finishLocked(inv, Frame{Header: Header{Type: TypeResponse}, Body: body})
@@ -364,7 +364,7 @@ func (a *Agent) supervise(ctx context.Context) {
 		}
 		for _, inv := range a.inflight {
 			msg := fmt.Sprintf("the task exited while handling the invocation: %v", err)
-			a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.ExitError"}, Body: errorDoc(msg, "Runtime.ExitError")})
+			a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: "Runtime.ExitError"}, Body: ErrorDocument(msg, "Runtime.ExitError")})
 		}
 		a.mu.Unlock()
 		if time.Since(started) < time.Second {
@@ -420,8 +420,8 @@ func (a *Agent) runTask(ctx context.Context) error {
 	return cmd.Wait()
 }
 
-// errorDoc is the Lambda error document.
-func errorDoc(msg, typ string) []byte {
+// ErrorDocument is the Lambda error document {"errorMessage", "errorType"}.
+func ErrorDocument(msg, typ string) []byte {
 	b, _ := json.Marshal(map[string]string{"errorMessage": strings.TrimSpace(msg), "errorType": typ})
 	return b
 }

@@ -391,3 +391,17 @@ func (l *agentLink) close() {
 	l.ln.Close()
 	l.acceptWG.Wait()
 }
+
+// abortStart ends a sandbox of either backend that failed to start or
+// reattach: its agent link closes and its process is stopped. Its
+// directory stays (the caller made it and removes it).
+func abortStart(link *agentLink, terminate func(context.Context) error, log *slog.Logger) {
+	if link != nil {
+		link.close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := terminate(ctx); err != nil {
+		log.Warn("stopping a sandbox that failed to start", "error", err)
+	}
+}

@@ -160,7 +160,7 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 		}
 		d.finish(inv, fn, func(rec *invocationRecord) {
 			rec.State, rec.ErrorType, rec.ErrorMessage = stateFailed, "Kindling.FunctionDeleted", msg
-			rec.Response = errorDocument(msg, "Kindling.FunctionDeleted")
+			rec.Response = guest.ErrorDocument(msg, "Kindling.FunctionDeleted")
 		})
 		return
 	}
@@ -193,7 +193,7 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 				}
 				d.finish(inv, fn, func(rec *invocationRecord) {
 					rec.State, rec.ErrorType, rec.ErrorMessage = stateFailed, "Kindling.StartFailed", err.Error()
-					rec.Response = errorDocument(err.Error(), "Kindling.StartFailed")
+					rec.Response = guest.ErrorDocument(err.Error(), "Kindling.StartFailed")
 				})
 				return
 			}
@@ -284,7 +284,7 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 				typ = "Runtime.Timeout"
 			}
 			rec.State, rec.ErrorType, rec.ErrorMessage = stateFailed, typ, err.Error()
-			rec.Response = errorDocument(err.Error(), typ)
+			rec.Response = guest.ErrorDocument(err.Error(), typ)
 		case f.Type == guest.TypeError:
 			rec.State, rec.ErrorType, rec.Response = stateFailed, f.ErrorType, f.Body
 			var doc struct {
@@ -342,11 +342,6 @@ func (d *Daemon) finish(inv *invocation, fn *function, set func(*invocationRecor
 	close(inv.done)
 }
 
-func errorDocument(msg, typ string) []byte {
-	b, _ := json.Marshal(map[string]string{"errorMessage": msg, "errorType": typ})
-	return b
-}
-
 // recoverInvocations resumes the asynchronous invocations a previous
 // kindlingd accepted: those never dispatched are queued again; those
 // dispatched to a sandbox that was reattached are sent to it again under
@@ -383,7 +378,7 @@ func (d *Daemon) recoverInvocations() error {
 				d.finish(inv, &function{key: fnKey{r.Function, r.Version}}, func(rec *invocationRecord) {
 					rec.State, rec.ErrorType = stateFailed, "Kindling.FunctionDeleted"
 					rec.ErrorMessage = fmt.Sprintf("function %s version %s was deleted before the invocation could run", r.Function, r.Version)
-					rec.Response = errorDocument(rec.ErrorMessage, rec.ErrorType)
+					rec.Response = guest.ErrorDocument(rec.ErrorMessage, rec.ErrorType)
 				})
 			}()
 			continue

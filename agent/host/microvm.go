@@ -590,18 +590,8 @@ func vmmLastWords(logPath string) string {
 	return line
 }
 
-// abort ends a sandbox that failed to start or reattach; its directory
-// stays (the caller made it and removes it).
-func (s *microVMSandbox) abort() {
-	if s.link != nil {
-		s.link.close()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.terminate(ctx); err != nil {
-		s.log.Warn("stopping a sandbox that failed to start", "error", err)
-	}
-}
+// abort ends a sandbox that failed to start or reattach.
+func (s *microVMSandbox) abort() { abortStart(s.link, s.terminate, s.log) }
 
 // detach lets go of the sandbox as a dying kindlingd would; the VMM runs
 // on, and Stop no longer touches it (whoever reattaches owns it). For

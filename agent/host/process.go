@@ -380,18 +380,8 @@ func (s *processSandbox) terminate(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// abort ends a sandbox that failed to start; its directory stays (the
-// caller made it and removes it).
-func (s *processSandbox) abort() {
-	if s.link != nil {
-		s.link.close()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.terminate(ctx); err != nil {
-		s.log.Warn("stopping a sandbox that failed to start", "error", err)
-	}
-}
+// abort ends a sandbox that failed to start or reattach.
+func (s *processSandbox) abort() { abortStart(s.link, s.terminate, s.log) }
 
 // detach lets go of the sandbox as a dying kindlingd would: the listener
 // and the connection close, the process runs on, and Stop no longer

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"time"
@@ -143,11 +142,11 @@ func checkImage(ref *api.ImageRef) (*rootfs.Manifest, error) {
 	if !hexRE.MatchString(ref.ManifestSha256) {
 		return nil, invalid("function.image.manifest_sha256", "%q: want 64 lower-case hex digits (sha256sum %s)", ref.ManifestSha256, filepath.Join(ref.Path, "manifest.json"))
 	}
-	b, err := os.ReadFile(filepath.Join(ref.Path, "manifest.json"))
+	got, err := rootfs.ManifestDigest(ref.Path)
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "function.image.path: %v", err)
 	}
-	if got := sha256Hex(b); got != ref.ManifestSha256 {
+	if got != ref.ManifestSha256 {
 		return nil, status.Errorf(codes.FailedPrecondition, "function.image.manifest_sha256: %s/manifest.json has sha256 %s, the request says %s", ref.Path, got, ref.ManifestSha256)
 	}
 	m, err := rootfs.ReadManifest(ref.Path)
@@ -155,11 +154,6 @@ func checkImage(ref *api.ImageRef) (*rootfs.Manifest, error) {
 		return nil, status.Errorf(codes.FailedPrecondition, "function.image: %v", err)
 	}
 	return m, nil
-}
-
-func sha256Hex(b []byte) string {
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
 }
 
 // checkInvoke validates an invocation request.

@@ -4,8 +4,6 @@ package main
 // the function registry and the sandboxes kindlingd runs for it.
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/kindlingvm/kindling/agent/api"
 	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/rootfs"
 	"github.com/kindlingvm/kindling/vmm"
 )
 
@@ -105,7 +104,7 @@ func (d *daemonCLI) functionRegister(args []string) error {
 	if err != nil {
 		return d.badInput(fmt.Errorf("--image %s: %w", *image, err))
 	}
-	sum, err := manifestDigest(abs)
+	sum, err := rootfs.ManifestDigest(abs)
 	if err != nil {
 		return d.badInput(fmt.Errorf("--image: %w (build one with kindling image build)", err))
 	}
@@ -122,17 +121,6 @@ func (d *daemonCLI) functionRegister(args []string) error {
 	fmt.Fprintf(d.stdout, "registered %s\n", functionTitle(f.GetSpec()))
 	writeFunction(d.stdout, f)
 	return nil
-}
-
-// manifestDigest is the SHA-256 of dir/manifest.json, which names the
-// digests of the image's other files.
-func manifestDigest(dir string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:]), nil
 }
 
 // functionTitle is "NAME version V" and its tenant.

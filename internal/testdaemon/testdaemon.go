@@ -6,8 +6,6 @@ package testdaemon
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -76,14 +74,7 @@ func Build(dir string) (*Binaries, error) {
 }
 
 // ManifestSHA is the digest of an image's manifest.json.
-func ManifestSHA(image string) (string, error) {
-	m, err := os.ReadFile(filepath.Join(image, "manifest.json"))
-	if err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(m)
-	return hex.EncodeToString(sum[:]), nil
-}
+func ManifestSHA(image string) (string, error) { return rootfs.ManifestDigest(image) }
 
 // ModuleRoot is the repository's root, found from this source tree.
 func ModuleRoot() string {
