@@ -170,10 +170,17 @@ func (d *Daemon) Terminate(timeout time.Duration) (int, error) {
 	return d.Cmd.ProcessState.ExitCode(), nil
 }
 
-// KillSandboxes SIGKILLs every process whose command line mentions
-// stateDir: the sandboxes kindlingd left running (they outlive it by
-// design).
+// KillSandboxes SIGKILLs the sandboxes kindlingd left running under
+// stateDir (they outlive it by design): every process whose command line
+// mentions stateDir, and every jailed kindling-vmm of one of its instances,
+// whose command line names only paths inside its jail but carries
+// "--id INSTANCE".
 func KillSandboxes(stateDir string) int {
+	var ids []string
+	sandboxes, _ := os.ReadDir(filepath.Join(stateDir, "sandboxes"))
+	for _, e := range sandboxes {
+		ids = append(ids, "\x00--id\x00"+e.Name()+"\x00")
+	}
 	entries, _ := os.ReadDir("/proc")
 	n := 0
 	for _, e := range entries {
@@ -181,11 +188,16 @@ func KillSandboxes(stateDir string) int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(cmdline), stateDir) {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
 			continue
 		}
-		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+		cmdline := string(b)
+		mine := strings.Contains(cmdline, stateDir)
+		for _, id := range ids {
+			mine = mine || strings.Contains(cmdline, id)
+		}
+		if mine && syscall.Kill(pid, syscall.SIGKILL) == nil {
 			n++
 		}
 	}
