@@ -245,7 +245,7 @@ func (d *Daemon) saveFunction(fn *function) error {
 		return err
 	}
 	d.mu.Lock()
-	rec := functionRecord{Spec: b, RegisteredNs: fn.registered.UnixNano(), Snapshot: fn.snapshot}
+	rec := functionRecord{Spec: b, RegisteredNs: fn.registered.UnixNano(), Snapshot: fn.snapshot, Seal: fn.seal}
 	d.mu.Unlock()
 	return d.store.put(bucketFunctions, fn.key.String(), rec)
 }
@@ -269,8 +269,11 @@ func (d *Daemon) loadFunctions() error {
 			return nil
 		}
 		if fn.snapshot != "" {
+			// Its digests are checked on first use: kindlingd did not
+			// watch the files while it was down.
+			fn.seal = rec.Seal
 			if _, err := os.Stat(fn.snapshot); err != nil {
-				fn.snapshot = ""
+				fn.snapshot, fn.seal = "", nil
 			}
 		}
 		d.functions[fn.key] = fn

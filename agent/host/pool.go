@@ -15,6 +15,7 @@ import (
 	"github.com/kindlingvm/kindling/agent/guest"
 	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/rootfs"
+	"github.com/kindlingvm/kindling/snapshot"
 )
 
 // errQueueFull is a function whose queue is at its limit.
@@ -111,12 +112,20 @@ type function struct {
 
 	// snapMu serialises cutting the warm snapshot.
 	snapMu sync.Mutex
+	// sealMu serialises digesting the warm snapshot, so that concurrent
+	// restores on first use digest it once.
+	sealMu sync.Mutex
 
 	// Guarded by Daemon.mu:
-	snapshot  string
-	pools     map[string][]*instance // idle instances by tenant, most recently used last
-	deleted   bool
-	refilling bool
+	snapshot string
+	// seal is the snapshot's files as cut; sealVerified says their
+	// digests were checked by this daemon, so a stat per file suffices
+	// until one differs.
+	seal         *snapshot.Seal
+	sealVerified bool
+	pools        map[string][]*instance // idle instances by tenant, most recently used last
+	deleted      bool
+	refilling    bool
 	// refillAfter backs refills off after a failed start.
 	refillAfter time.Time
 	// asyncPending counts accepted, unfinished asynchronous invocations.
@@ -217,6 +226,43 @@ func (d *Daemon) acquire(ctx context.Context, fn *function, tenant string, log *
 	return d.startInstance(ctx, fn, tenant, startCold, "")
 }
 
+// checkSnapshot refuses a warm snapshot whose files are not the ones that
+// were cut: a stat per file on each restore, their digests once per
+// daemon lifetime (it did not watch them while it was down) and whenever
+// a stat differs.
+func (d *Daemon) checkSnapshot(fn *function, dir string) error {
+	d.mu.Lock()
+	seal, verified := fn.seal, fn.sealVerified
+	d.mu.Unlock()
+	if seal == nil {
+		return fmt.Errorf("warm snapshot %s has no seal to check it against", dir)
+	}
+	if verified && seal.Unchanged(dir) == nil {
+		return nil
+	}
+	fn.sealMu.Lock()
+	defer fn.sealMu.Unlock()
+	d.mu.Lock()
+	seal, verified = fn.seal, fn.sealVerified
+	d.mu.Unlock()
+	if verified && seal.Unchanged(dir) == nil {
+		return nil // another restore just verified it
+	}
+	t0 := time.Now()
+	now, err := seal.Verify(dir)
+	if err != nil {
+		d.log.Error("warm snapshot refused: it is not what was cut", "function", fn.key.name, "version", fn.key.version, "error", err)
+		return err
+	}
+	d.mu.Lock()
+	if fn.snapshot == dir {
+		fn.seal, fn.sealVerified = now, true
+	}
+	d.mu.Unlock()
+	d.log.Info("warm snapshot digests verified", "function", fn.key.name, "version", fn.key.version, "took", time.Since(t0).Round(time.Microsecond))
+	return nil
+}
+
 // dropSnapshot forgets a warm snapshot that failed to restore, so the
 // next cold boot cuts a new one instead of every start paying for it.
 func (d *Daemon) dropSnapshot(fn *function, dir string) {
@@ -227,7 +273,7 @@ func (d *Daemon) dropSnapshot(fn *function, dir string) {
 		d.mu.Unlock()
 		return
 	}
-	fn.snapshot = ""
+	fn.snapshot, fn.seal, fn.sealVerified = "", nil, false
 	d.mu.Unlock()
 	if err := d.saveFunction(fn); err != nil {
 		d.log.Warn("cannot record the dropped snapshot", "function", fn.key.name, "version", fn.key.version, "error", err)
@@ -287,7 +333,9 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 	var err error
 	bctx, cancel := context.WithTimeout(ctx, startTimeout)
 	if kind == startRestore {
-		sb, err = d.backend.Restore(bctx, spec, snapshot)
+		if err = d.checkSnapshot(fn, snapshot); err == nil {
+			sb, err = d.backend.Restore(bctx, spec, snapshot)
+		}
 	} else {
 		sb, err = d.backend.Boot(bctx, spec)
 	}
@@ -397,8 +445,16 @@ func (d *Daemon) cutSnapshot(ctx context.Context, inst *instance, log *slog.Logg
 	if err := os.Rename(tmp, dir); err != nil {
 		return "", err
 	}
+	// Sealed after the move (a rename keeps the files' identities), so
+	// every restore can tell that nothing touched it since.
+	seal, err := snapshot.SealDir(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		log.Warn("cannot seal the warm snapshot; the version runs without one", "error", err)
+		return "", err
+	}
 	d.mu.Lock()
-	fn.snapshot = dir
+	fn.snapshot, fn.seal, fn.sealVerified = dir, seal, true
 	d.mu.Unlock()
 	if err := d.saveFunction(fn); err != nil {
 		log.Error("cannot record the warm snapshot", "error", err)

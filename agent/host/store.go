@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kindlingvm/kindling/snapshot"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -42,6 +43,8 @@ type functionRecord struct {
 	Spec         json.RawMessage `json:"spec"` // protojson of api.FunctionSpec
 	RegisteredNs int64           `json:"registered_ns"`
 	Snapshot     string          `json:"snapshot,omitempty"`
+	// Seal is the warm snapshot's files as cut (digests and identities).
+	Seal *snapshot.Seal `json:"seal,omitempty"`
 }
 
 // sandboxRecord is a live sandbox and whom it serves.
