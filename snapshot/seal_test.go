@@ -157,3 +157,25 @@ func BenchmarkPageDigest(b *testing.B) {
 		}
 	}
 }
+
+func TestSealAddNeverVouchesForAChange(t *testing.T) {
+	dir := sealedDir(t)
+	s, err := SealDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, WorkingSetFile), []byte("runs"), 0o600)
+	s2, err := s.Add(dir, WorkingSetFile)
+	if err != nil || !s2.Has(WorkingSetFile) || len(s2.Files) != 3 {
+		t.Fatalf("Add: %+v %v", s2, err)
+	}
+	if err := s2.Unchanged(dir); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	os.WriteFile(filepath.Join(dir, StateFile), []byte("forged"), 0o600)
+	os.WriteFile(filepath.Join(dir, WorkingSetFile), []byte("runs2"), 0o600)
+	if _, err := s2.Add(dir, WorkingSetFile); !errors.Is(err, ErrChanged) || !strings.Contains(err.Error(), StateFile) {
+		t.Fatalf("Add after the state file changed: %v", err)
+	}
+}

@@ -8,13 +8,24 @@ import (
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
 )
 
+// BackendOptions are what kindlingd's flags say about both backends.
+type BackendOptions struct {
+	StateDir string
+	// CgroupParent is the cgroup v2 directory sandboxes' cgroups go under.
+	CgroupParent string
+	// NoPrefetch restores microVMs without populating their snapshot's
+	// recorded working set first.
+	NoPrefetch bool
+	Logger     *slog.Logger
+}
+
 // Backends builds both backends for a state directory: new sandboxes use
 // the chosen one, and either can reattach what an earlier kindlingd
 // started.
-func Backends(stateDir, cgroupParent string, log *slog.Logger) map[string]Backend {
+func Backends(o BackendOptions) map[string]Backend {
 	return map[string]Backend{
-		BackendProcess: NewProcessBackend(ProcessOptions{ImageCache: filepath.Join(stateDir, "images"), CgroupParent: cgroupParent, Logger: log}),
-		BackendMicroVM: NewMicroVMBackend(MicroVMOptions{CgroupParent: cgroupParent, Logger: log}),
+		BackendProcess: NewProcessBackend(ProcessOptions{ImageCache: filepath.Join(o.StateDir, "images"), CgroupParent: o.CgroupParent, Logger: o.Logger}),
+		BackendMicroVM: NewMicroVMBackend(MicroVMOptions{CgroupParent: o.CgroupParent, NoPrefetch: o.NoPrefetch, Logger: o.Logger}),
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 
 	"github.com/kindlingvm/kindling/agent/api"
 	"github.com/kindlingvm/kindling/cpuid"
+	"github.com/kindlingvm/kindling/snapshot"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
 )
 
@@ -272,6 +273,7 @@ func (d *Daemon) loadFunctions() error {
 			// Its digests are checked on first use: kindlingd did not
 			// watch the files while it was down.
 			fn.seal = rec.Seal
+			fn.hasWorkingSet = rec.Seal.Has(snapshot.WorkingSetFile)
 			if _, err := os.Stat(fn.snapshot); err != nil {
 				fn.snapshot, fn.seal = "", nil
 			}

@@ -249,6 +249,13 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 		if resumeOn != nil {
 			after = func() {}
 		}
+		if start == startRestore {
+			d.bg.Add(1)
+			go func() {
+				defer d.bg.Done()
+				d.recordWorkingSet(inst)
+			}()
+		}
 	case errors.Is(err, ErrSandboxCrashed):
 		after = func() { d.discard(inst, err.Error()) }
 	case ctx.Err() != nil && d.ctx.Err() == nil:

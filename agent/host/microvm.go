@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/snapshot"
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/api/client"
 	"github.com/kindlingvm/kindling/vmm/jail"
@@ -88,7 +89,11 @@ type MicroVMOptions struct {
 	// with those controllers is not available, VMMs run without one and
 	// the backend warns once.
 	CgroupParent string
-	Logger       *slog.Logger
+	// NoPrefetch restores without populating the snapshot's recorded
+	// working set first (each page then faults in when the guest first
+	// touches it).
+	NoPrefetch bool
+	Logger     *slog.Logger
 
 	// vmmEnv is the jailed VMM's environment, for tests (the seccomp
 	// self-test).
@@ -280,7 +285,7 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) 
 		}
 	}
 	p, err := launch.Start(ctx, vmConfig(spec, snapshot != ""), launch.Options{Binary: b.opts.VMM, Dir: spec.Dir, ID: spec.ID,
-		Start: true, Restore: snapshot, Detach: true, Seccomp: jailed, Jail: js, Jailer: b.opts.Jailer})
+		Start: true, Restore: snapshot, Prefetch: snapshot != "" && !b.opts.NoPrefetch, Detach: true, Seccomp: jailed, Jail: js, Jailer: b.opts.Jailer})
 	if err != nil {
 		ln.Close()
 		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
@@ -496,6 +501,21 @@ func (s *microVMSandbox) Snapshot(ctx context.Context, dir string) error {
 		}
 	}
 	return nil
+}
+
+// RecordWorkingSet has the VMM write the guest pages its VM has touched
+// since it was restored, and returns the file (in the sandbox's run
+// directory: a jailed VMM writes nowhere else) and its page count.
+func (s *microVMSandbox) RecordWorkingSet(ctx context.Context) (string, int, error) {
+	host, vmmDir := runDir(s.dir), runDir(s.dir)
+	if s.jailed {
+		vmmDir = jail.RunDir
+	}
+	pages, err := s.api.RecordWorkingSet(ctx, vmmDir)
+	if err != nil {
+		return "", 0, fmt.Errorf("sandbox %s: record the working set: %w", s.id, err)
+	}
+	return filepath.Join(host, snapshot.WorkingSetFile), pages, nil
 }
 
 // shareSnapshot makes a snapshot's files root's, group microVMJailGID,

@@ -123,9 +123,13 @@ type function struct {
 	// until one differs.
 	seal         *snapshot.Seal
 	sealVerified bool
-	pools        map[string][]*instance // idle instances by tenant, most recently used last
-	deleted      bool
-	refilling    bool
+	// snapGen counts the snapshots cut; hasWorkingSet says the current
+	// one has its working set recorded (or being recorded).
+	snapGen       uint64
+	hasWorkingSet bool
+	pools         map[string][]*instance // idle instances by tenant, most recently used last
+	deleted       bool
+	refilling     bool
 	// refillAfter backs refills off after a failed start.
 	refillAfter time.Time
 	// asyncPending counts accepted, unfinished asynchronous invocations.
@@ -172,6 +176,10 @@ type instance struct {
 	sb        Sandbox
 	startKind string
 	started   time.Time
+	// snapGen is the generation of the warm snapshot it was restored
+	// from (function.snapGen), so a working set is never recorded for a
+	// snapshot cut after it.
+	snapGen uint64
 
 	state string
 	fresh bool // started for the invocation that acquires it
@@ -263,6 +271,82 @@ func (d *Daemon) checkSnapshot(fn *function, dir string) error {
 	return nil
 }
 
+// recordWorkingSet stores, beside the warm snapshot inst was restored
+// from, the pages its first invocation touched, once per snapshot, and
+// seals the snapshot again with the new file.
+func (d *Daemon) recordWorkingSet(inst *instance) {
+	r, ok := inst.sb.(WorkingSetRecorder)
+	if !ok {
+		return
+	}
+	fn := inst.fn
+	d.mu.Lock()
+	if fn.hasWorkingSet || fn.snapGen != inst.snapGen || fn.snapshot == "" || fn.seal == nil {
+		d.mu.Unlock()
+		return
+	}
+	fn.hasWorkingSet = true
+	d.mu.Unlock()
+	log := d.log.With("function", fn.key.name, "version", fn.key.version, "instance", inst.id)
+	ctx, cancel := context.WithTimeout(d.ctx, startTimeout)
+	defer cancel()
+	src, pages, err := r.RecordWorkingSet(ctx)
+	if err != nil {
+		log.Warn("cannot record the working set; restores fault pages in one by one", "error", err)
+		return
+	}
+	defer os.Remove(src)
+	fn.snapMu.Lock()
+	defer fn.snapMu.Unlock()
+	fn.sealMu.Lock()
+	defer fn.sealMu.Unlock()
+	d.mu.Lock()
+	dir, gen, old := fn.snapshot, fn.snapGen, fn.seal
+	d.mu.Unlock()
+	if gen != inst.snapGen || dir == "" {
+		return // cut again (or dropped) meanwhile
+	}
+	dst := filepath.Join(dir, snapshot.WorkingSetFile)
+	tmp := filepath.Join(filepath.Dir(dir), ".workingset-"+inst.id)
+	err = copySnapshotFile(src, tmp)
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	var seal *snapshot.Seal
+	if err == nil {
+		// Adds the new file's digest only after checking the others are
+		// as sealed: a change made since the cut is never vouched for.
+		seal, err = old.Add(dir, snapshot.WorkingSetFile)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		os.Remove(dst)
+		log.Warn("cannot store the working set; restores fault pages in one by one", "error", err)
+		return
+	}
+	d.mu.Lock()
+	fn.seal, fn.sealVerified = seal, true
+	d.mu.Unlock()
+	if err := d.saveFunction(fn); err != nil {
+		log.Error("cannot record the snapshot's new seal", "error", err)
+	}
+	log.Info("working set recorded", "pages", pages, "dir", dir)
+}
+
+// copySnapshotFile copies a file the (jailed) VMM wrote into a snapshot
+// file: root's, readable by the jails' group, as shareSnapshot leaves
+// the others.
+func copySnapshotFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(dst, b, 0o640); err != nil {
+		return err
+	}
+	return shareSnapshot(dst)
+}
+
 // dropSnapshot forgets a warm snapshot that failed to restore, so the
 // next cold boot cuts a new one instead of every start paying for it.
 func (d *Daemon) dropSnapshot(fn *function, dir string) {
@@ -333,6 +417,9 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 	var err error
 	bctx, cancel := context.WithTimeout(ctx, startTimeout)
 	if kind == startRestore {
+		d.mu.Lock()
+		inst.snapGen = fn.snapGen
+		d.mu.Unlock()
 		if err = d.checkSnapshot(fn, snapshot); err == nil {
 			sb, err = d.backend.Restore(bctx, spec, snapshot)
 		}
@@ -455,6 +542,8 @@ func (d *Daemon) cutSnapshot(ctx context.Context, inst *instance, log *slog.Logg
 	}
 	d.mu.Lock()
 	fn.snapshot, fn.seal, fn.sealVerified = dir, seal, true
+	fn.snapGen++
+	fn.hasWorkingSet = false
 	d.mu.Unlock()
 	if err := d.saveFunction(fn); err != nil {
 		log.Error("cannot record the warm snapshot", "error", err)

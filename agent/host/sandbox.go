@@ -73,6 +73,14 @@ type Backend interface {
 	Reattach(ctx context.Context, rec Record) (Sandbox, error)
 }
 
+// WorkingSetRecorder is a Sandbox that can say which pages of the
+// snapshot it was restored from its guest has touched: the file it
+// returns goes beside the snapshot, and later restores load those pages
+// up front instead of faulting on each (REAP).
+type WorkingSetRecorder interface {
+	RecordWorkingSet(ctx context.Context) (path string, pages int, err error)
+}
+
 // Sandbox is one running instance: a guest agent and its task, in a
 // microVM or a jailed host process. One invocation runs at a time.
 type Sandbox interface {

@@ -14,6 +14,7 @@ import (
 	"github.com/kindlingvm/kindling/internal/echoguest"
 	"github.com/kindlingvm/kindling/internal/testdaemon"
 	"github.com/kindlingvm/kindling/rootfs"
+	"github.com/kindlingvm/kindling/snapshot"
 	vmmclient "github.com/kindlingvm/kindling/vmm/api/client"
 )
 
@@ -63,6 +64,13 @@ func TestEchoGuestThroughKindlingd(t *testing.T) {
 		t.Fatalf("another tenant's first start: %v, want RESTORE", r.Start)
 	}
 	t.Logf("restore to response: start %d us, run %d us", r.Phases.StartUs, r.Phases.RunUs)
+	// The first restore's touched pages are recorded beside the snapshot
+	// (and the snapshot sealed again): later restores prefetch them.
+	ws := filepath.Join(d.StateDir, "snapshots", "echo", "*", snapshot.WorkingSetFile)
+	waitFor(t, "the working set beside the snapshot", func() bool {
+		m, _ := filepath.Glob(ws)
+		return len(m) == 1
+	})
 	for i := range 100 {
 		check(mustInvoke(t, d, echoReq("acme", fmt.Sprintf("seq-%d", i))), fmt.Sprintf("seq-%d", i))
 	}

@@ -54,6 +54,7 @@ func run(args []string) int {
 	drain := fs.Duration("drain-timeout", 60*time.Second, "how long SIGTERM waits for running invocations")
 	retention := fs.Duration("retention", 24*time.Hour, "how long finished invocations stay retrievable")
 	cgroup := fs.String("cgroup-parent", "/sys/fs/cgroup/kindling", "cgroup v2 `dir` under which sandboxes get their own cgroups (empty: none)")
+	prefetch := fs.Bool("prefetch", true, "restore microVMs with their snapshot's working set (recorded on the first restore) loaded up front")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
@@ -75,7 +76,8 @@ func run(args []string) int {
 		h = slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})
 	}
 	log := slog.New(h)
-	if err := serve(log, *stateDir, *backend, *cgroup, *maxInstances, *retention, host.Listen{
+	bo := host.BackendOptions{StateDir: *stateDir, CgroupParent: *cgroup, NoPrefetch: !*prefetch, Logger: log}
+	if err := serve(log, bo, *backend, *maxInstances, *retention, host.Listen{
 		Socket: *socket, SocketGroup: *socketGroup, TCP: *listen, TLSCert: *tlsCert, TLSKey: *tlsKey, TLSClientCA: *tlsCA,
 		MetricsAddr: *metrics, DrainTimeout: *drain,
 	}); err != nil {
@@ -86,7 +88,8 @@ func run(args []string) int {
 	return 0
 }
 
-func serve(log *slog.Logger, stateDir, backendFlag, cgroup string, maxInstances int, retention time.Duration, listen host.Listen) error {
+func serve(log *slog.Logger, bo host.BackendOptions, backendFlag string, maxInstances int, retention time.Duration, listen host.Listen) error {
+	stateDir := bo.StateDir
 	report, err := hostcheck.Run()
 	if err != nil {
 		return fmt.Errorf("host check: %w", err)
@@ -95,7 +98,7 @@ func serve(log *slog.Logger, stateDir, backendFlag, cgroup string, maxInstances 
 	if err != nil {
 		return err
 	}
-	backends := host.Backends(stateDir, cgroup, log)
+	backends := host.Backends(bo)
 	d, err := host.New(host.Config{StateDir: stateDir, Backend: backends[name], BackendReason: reason, Backends: backends,
 		Host: report, MaxInstances: maxInstances, Retention: retention, Version: version(), Logger: log})
 	if err != nil {
