@@ -284,6 +284,7 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) 
 			return nil, nil, fmt.Errorf("sandbox %s: agent socket: %w", spec.ID, err)
 		}
 	}
+	t0 := time.Now()
 	p, err := launch.Start(ctx, vmConfig(spec, snapshot != ""), launch.Options{Binary: b.opts.VMM, Dir: spec.Dir, ID: spec.ID,
 		Start: true, Restore: snapshot, Prefetch: snapshot != "" && !b.opts.NoPrefetch, Detach: true, Seccomp: jailed, Jail: js, Jailer: b.opts.Jailer})
 	if err != nil {
@@ -299,12 +300,14 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) 
 		return nil, nil, fmt.Errorf("sandbox %s: kindling-vmm ended at once: %v%s", spec.ID, err, logTail(filepath.Join(spec.Dir, launch.DetachedStderr)))
 	}
 	sb.rec = Record{ID: spec.ID, Backend: BackendMicroVM, PID: pid, StartTime: start, Dir: spec.Dir, Channel: ch, APISock: p.Sock}
+	tLaunched := time.Now()
 	sb.link = newAgentLink(spec.ID, sb.log, ln, sb.end)
 	c, err := sb.link.connected(ctx, 0)
 	if err != nil {
 		sb.abort()
 		return nil, nil, fmt.Errorf("%w%s", err, logTail(filepath.Join(spec.Dir, launch.DetachedStderr)))
 	}
+	sb.log.Debug("microVM up", "launch", tLaunched.Sub(t0).Round(time.Microsecond), "agent", time.Since(tLaunched).Round(time.Microsecond))
 	return sb, c, nil
 }
 

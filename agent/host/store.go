@@ -117,6 +117,11 @@ func openStore(dir string) (_ *store, err error) {
 		}
 		return nil, corrupt(path, err)
 	}
+	// bbolt's default 10 ms wait for more writers to share a commit sat on
+	// every start's critical path (the sandbox record is written before the
+	// instance serves) and every InvokeAsync's answer; a commit here takes
+	// about 0.2 ms, and writers that queue meanwhile still share the next.
+	db.MaxBatchDelay = 100 * time.Microsecond
 	s := &store{db: db, path: path}
 	if err := s.check(); err != nil {
 		db.Close()
