@@ -8,9 +8,11 @@
 //	        that byte reaches the host)
 //	RSS:    resident memory of the VMM process beyond the guest RAM mapping
 //
-// With --kernels it compares per-task kernels instead, and with --invoke
+// With --kernels it compares per-task kernels instead, with --invoke
 // warm invocations through kindlingd against the same handler called
-// directly over HTTP (invoke.go).
+// directly over HTTP (invoke.go), and with --restore-daemon restores to
+// first response through kindlingd against QEMU -incoming
+// (restoredaemon.go).
 package main
 
 import (
@@ -44,7 +46,21 @@ func main() {
 	invokeN := flag.Int("invoke-n", 2000, "with --invoke: sequential calls per path, and calls in the throughput run")
 	invokeC := flag.Int("invoke-c", 8, "with --invoke: concurrent clients in the throughput run (and instances prewarmed)")
 	invokeD := flag.Duration("invoke-duration", 3*time.Second, "with --invoke: how long each path's throughput run lasts")
+	restoreDaemon := flag.Bool("restore-daemon", false, "instead: restore to first response through kindlingd (echo guest, jailed microVMs) against QEMU -incoming")
+	daemonRuns := flag.Int("daemon-runs", 50, "with --restore-daemon: measured restores per guest size and prefetch setting")
+	rateN := flag.Int("rate-n", 100, "with --restore-daemon: restores in the restores-per-second run")
+	rateC := flag.Int("rate-c", 4, "with --restore-daemon: restores at once in that run")
 	flag.Parse()
+	if *restoreDaemon {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := restoreDaemonMain(ctx, os.Stdout, restoreDaemonOptions{Runs: *daemonRuns, Sizes: []uint64{128, 512}, RateN: *rateN, RateC: *rateC, QEMU: *qemuBin})
+		stop()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kindling-bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *invoke {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		err := invokeMain(ctx, os.Stdout, invokeOptions{N: *invokeN, C: *invokeC, Duration: *invokeD})

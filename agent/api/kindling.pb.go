@@ -145,6 +145,9 @@ const (
 	InstanceState_STARTING                   InstanceState = 1
 	InstanceState_IDLE                       InstanceState = 2
 	InstanceState_BUSY                       InstanceState = 3
+	// STANDBY: restored from the warm snapshot but not started, serving no
+	// tenant yet (kindlingd --standby-restores).
+	InstanceState_STANDBY InstanceState = 4
 )
 
 // Enum value maps for InstanceState.
@@ -154,12 +157,14 @@ var (
 		1: "STARTING",
 		2: "IDLE",
 		3: "BUSY",
+		4: "STANDBY",
 	}
 	InstanceState_value = map[string]int32{
 		"INSTANCE_STATE_UNSPECIFIED": 0,
 		"STARTING":                   1,
 		"IDLE":                       2,
 		"BUSY":                       3,
+		"STANDBY":                    4,
 	}
 )
 
@@ -2066,12 +2071,13 @@ const file_kindling_proto_rawDesc = "" +
 	"\x16START_KIND_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04WARM\x10\x01\x12\v\n" +
 	"\aRESTORE\x10\x02\x12\b\n" +
-	"\x04COLD\x10\x03*Q\n" +
+	"\x04COLD\x10\x03*^\n" +
 	"\rInstanceState\x12\x1e\n" +
 	"\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bSTARTING\x10\x01\x12\b\n" +
 	"\x04IDLE\x10\x02\x12\b\n" +
-	"\x04BUSY\x10\x032\xd7\x05\n" +
+	"\x04BUSY\x10\x03\x12\v\n" +
+	"\aSTANDBY\x10\x042\xd7\x05\n" +
 	"\bKindling\x12O\n" +
 	"\x10RegisterFunction\x12$.kindling.v1.RegisterFunctionRequest\x1a\x15.kindling.v1.Function\x12Y\n" +
 	"\x0eDeleteFunction\x12\".kindling.v1.DeleteFunctionRequest\x1a#.kindling.v1.DeleteFunctionResponse\x12V\n" +

@@ -48,6 +48,11 @@ type Config struct {
 	// Retention is how long finished invocations stay retrievable;
 	// default 24 hours.
 	Retention time.Duration
+	// StandbyRestores is how many sandboxes per function version with a
+	// warm snapshot are kept restored and unstarted, so that a new
+	// tenant's restore skips launching a VMM; 0 turns them off. Only
+	// backends that can (the microVM one) keep them.
+	StandbyRestores int
 	// MaxAsyncPending bounds accepted, unfinished asynchronous invocations
 	// per function version; default 10000.
 	MaxAsyncPending int
@@ -77,9 +82,11 @@ type Daemon struct {
 	inflight    sync.WaitGroup
 	bg          sync.WaitGroup
 
-	mu          sync.Mutex
-	functions   map[fnKey]*function
-	instances   map[string]*instance
+	mu        sync.Mutex
+	functions map[fnKey]*function
+	instances map[string]*instance
+	// standbys counts every function's standby sandboxes (standby.go).
+	standbys    int
 	invocations map[string]*invocation
 	finished    []string // finished invocation IDs in memory, oldest first
 	draining    bool
@@ -189,6 +196,19 @@ func (d *Daemon) Drain(ctx context.Context) error {
 func (d *Daemon) Close() error {
 	d.cancel()
 	d.bg.Wait()
+	// Standbys serve nobody and a restarted kindlingd could not use them.
+	d.mu.Lock()
+	var standbys []*standbyVM
+	for _, fn := range d.functions {
+		standbys = append(standbys, d.dropStandbysLocked(fn)...)
+	}
+	d.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, sv := range standbys {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.discardStandby(sv, "kindlingd is stopping") }()
+	}
+	wg.Wait()
 	return d.store.close()
 }
 
@@ -317,6 +337,12 @@ func (d *Daemon) reattach() {
 				ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
 				sb, err = b.Reattach(ctx, r.Record)
 				cancel()
+			}
+			if err != nil && r.StartKind == startStandby {
+				log.Info("standby from before the restart stopped", "error", err)
+				d.store.delete(bucketSandboxes, r.ID)
+				os.RemoveAll(r.Dir)
+				return
 			}
 			if err != nil {
 				log.Warn("sandbox not reattached", "error", err)

@@ -254,6 +254,7 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 			go func() {
 				defer d.bg.Done()
 				d.recordWorkingSet(inst)
+				d.refillStandby(inst.fn)
 			}()
 		}
 	case errors.Is(err, ErrSandboxCrashed):

@@ -222,7 +222,7 @@ func (b *MicroVMBackend) Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 	if err := checkSpec(spec); err != nil {
 		return nil, err
 	}
-	sb, c, err := b.start(ctx, spec, "")
+	sb, c, err := b.start(ctx, spec, "", true)
 	if err != nil {
 		return nil, err
 	}
@@ -245,7 +245,7 @@ func (b *MicroVMBackend) Restore(ctx context.Context, spec Spec, snapshot string
 	if snapshot == "" {
 		return nil, fmt.Errorf("sandbox %s: no snapshot to restore", spec.ID)
 	}
-	sb, _, err := b.start(ctx, spec, snapshot)
+	sb, _, err := b.start(ctx, spec, snapshot, true)
 	if err != nil {
 		return nil, err
 	}
@@ -253,11 +253,57 @@ func (b *MicroVMBackend) Restore(ctx context.Context, spec Spec, snapshot string
 	return sb, nil
 }
 
+// PrepareRestore restores a VM from a snapshot in a new jailed VMM and
+// leaves it before its first instruction: starting it later costs the
+// VMM's start call and the agent's handshake, not a VMM's launch (the
+// jail, the process, KVM's VM and memory slot set-up).
+func (b *MicroVMBackend) PrepareRestore(ctx context.Context, spec Spec, snapshot string) (Standby, error) {
+	if spec.ID == "" || spec.Dir == "" {
+		return nil, fmt.Errorf("sandbox %q: no ID or directory", spec.ID)
+	}
+	if snapshot == "" {
+		return nil, fmt.Errorf("sandbox %s: no snapshot to restore", spec.ID)
+	}
+	sb, _, err := b.start(ctx, spec, snapshot, false)
+	if err != nil {
+		return nil, err
+	}
+	sb.log.Debug("microVM sandbox restored on standby", "pid", sb.rec.PID, "snapshot", snapshot, "jailed", sb.jailed)
+	return &microVMStandby{sb: sb}, nil
+}
+
+// microVMStandby is a restored VM that has not run yet.
+type microVMStandby struct{ sb *microVMSandbox }
+
+func (p *microVMStandby) Record() Record          { return p.sb.rec }
+func (p *microVMStandby) Exited() <-chan struct{} { return p.sb.end.done }
+
+// Start runs the VM and returns its sandbox once the guest agent has
+// reconnected and been greeted.
+func (p *microVMStandby) Start(ctx context.Context) (Sandbox, error) {
+	sb := p.sb
+	if err := sb.api.Start(ctx); err != nil {
+		sb.abort()
+		return nil, fmt.Errorf("sandbox %s: start the standby VM: %w", sb.id, err)
+	}
+	if _, err := sb.link.connected(ctx, 0); err != nil {
+		sb.abort()
+		return nil, fmt.Errorf("%w%s", err, logTail(filepath.Join(sb.dir, launch.DetachedStderr)))
+	}
+	return sb, nil
+}
+
+// Discard stops the VM unstarted.
+func (p *microVMStandby) Discard(ctx context.Context) error { return p.sb.Stop(ctx) }
+
 // start listens for the agent, launches the VMM (booting, or restoring
 // snapshot) and waits for the agent's connection. Jailed, a directory a
 // jailer used before (a crash left it) is cleaned and made anew, never
 // reused.
-func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) (*microVMSandbox, *guest.Client, error) {
+//
+// With run false the VM is left unstarted (PrepareRestore) and start
+// returns at once, with no client.
+func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string, run bool) (*microVMSandbox, *guest.Client, error) {
 	jailed := !b.opts.NoJail
 	var js *jail.Spec
 	if jailed {
@@ -286,7 +332,7 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) 
 	}
 	t0 := time.Now()
 	p, err := launch.Start(ctx, vmConfig(spec, snapshot != ""), launch.Options{Binary: b.opts.VMM, Dir: spec.Dir, ID: spec.ID,
-		Start: true, Restore: snapshot, Prefetch: snapshot != "" && !b.opts.NoPrefetch, Detach: true, Seccomp: jailed, Jail: js, Jailer: b.opts.Jailer})
+		Start: run, Restore: snapshot, Prefetch: snapshot != "" && !b.opts.NoPrefetch, Detach: true, Seccomp: jailed, Jail: js, Jailer: b.opts.Jailer})
 	if err != nil {
 		ln.Close()
 		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
@@ -302,6 +348,9 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string) 
 	sb.rec = Record{ID: spec.ID, Backend: BackendMicroVM, PID: pid, StartTime: start, Dir: spec.Dir, Channel: ch, APISock: p.Sock}
 	tLaunched := time.Now()
 	sb.link = newAgentLink(spec.ID, sb.log, ln, sb.end)
+	if !run {
+		return sb, nil, nil
+	}
 	c, err := sb.link.connected(ctx, 0)
 	if err != nil {
 		sb.abort()

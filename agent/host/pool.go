@@ -127,9 +127,14 @@ type function struct {
 	// one has its working set recorded (or being recorded).
 	snapGen       uint64
 	hasWorkingSet bool
-	pools         map[string][]*instance // idle instances by tenant, most recently used last
-	deleted       bool
-	refilling     bool
+	// standby are sandboxes restored from the snapshot, not started
+	// (standby.go); standbyFilling and standbyAfter pace their refill.
+	standby        []*standbyVM
+	standbyFilling bool
+	standbyAfter   time.Time
+	pools          map[string][]*instance // idle instances by tenant, most recently used last
+	deleted        bool
+	refilling      bool
 	// refillAfter backs refills off after a failed start.
 	refillAfter time.Time
 	// asyncPending counts accepted, unfinished asynchronous invocations.
@@ -222,7 +227,15 @@ func (d *Daemon) acquire(ctx context.Context, fn *function, tenant string, log *
 		return inst, nil
 	}
 	snapshot := fn.snapshot
+	sv := d.takeStandbyLocked(fn)
 	d.mu.Unlock()
+	if sv != nil {
+		inst, err := d.startFromStandby(ctx, fn, tenant, sv)
+		if err == nil || errors.Is(err, errHostFull) {
+			return inst, err
+		}
+		log.Warn("starting a standby restore failed; restoring on demand", "error", err)
+	}
 	if snapshot != "" && d.backend.CanSnapshot() {
 		inst, err := d.startInstance(ctx, fn, tenant, startRestore, snapshot)
 		if err == nil || errors.Is(err, errHostFull) {
@@ -358,7 +371,11 @@ func (d *Daemon) dropSnapshot(fn *function, dir string) {
 		return
 	}
 	fn.snapshot, fn.seal, fn.sealVerified = "", nil, false
+	stale := d.dropStandbysLocked(fn)
 	d.mu.Unlock()
+	for _, sv := range stale {
+		d.bgDiscard(sv, "its snapshot was dropped")
+	}
 	if err := d.saveFunction(fn); err != nil {
 		d.log.Warn("cannot record the dropped snapshot", "function", fn.key.name, "version", fn.key.version, "error", err)
 	}
@@ -367,7 +384,10 @@ func (d *Daemon) dropSnapshot(fn *function, dir string) {
 // makeRoomLocked stops the least recently used idle instance of any
 // function when the host is at its instance limit.
 func (d *Daemon) makeRoomLocked() error {
-	if len(d.instances) < d.cfg.MaxInstances {
+	if len(d.instances)+d.standbys < d.cfg.MaxInstances {
+		return nil
+	}
+	if d.evictStandbyLocked() {
 		return nil
 	}
 	var lru *instance
@@ -396,11 +416,40 @@ const startTimeout = time.Minute
 // none. The instance is returned busy.
 func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, snapshot string) (*instance, error) {
 	id := newInstanceID()
+	spec, err := d.sandboxSpec(fn, id)
+	if err != nil {
+		return nil, err
+	}
+	return d.runStart(ctx, fn, tenant, kind, spec, func(bctx context.Context, inst *instance) (Sandbox, error) {
+		if kind != startRestore {
+			return d.backend.Boot(bctx, spec)
+		}
+		d.mu.Lock()
+		inst.snapGen = fn.snapGen
+		d.mu.Unlock()
+		if err := d.checkSnapshot(fn, snapshot); err != nil {
+			return nil, err
+		}
+		return d.backend.Restore(bctx, spec, snapshot)
+	})
+}
+
+// sandboxSpec is the sandbox fn's instance id runs in; its directory is
+// made.
+func (d *Daemon) sandboxSpec(fn *function, id string) (Spec, error) {
 	spec := Spec{ID: id, Dir: filepath.Join(d.cfg.StateDir, "sandboxes", id), Image: fn.spec.Image.Path, Manifest: fn.manifest,
 		Function: fn.key.name, Env: fn.env(), MemoryMiB: int(fn.spec.MemoryMib), VCPUs: int(fn.spec.Vcpus), CPUTemplate: fn.template}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("instance %s: %w", id, err)
+		return spec, fmt.Errorf("instance %s: %w", id, err)
 	}
+	return spec, nil
+}
+
+// runStart makes room for an instance, starts its sandbox with launch,
+// records it and, after a cold boot, runs the warm-ups and cuts the warm
+// snapshot.
+func (d *Daemon) runStart(ctx context.Context, fn *function, tenant, kind string, spec Spec, launch func(context.Context, *instance) (Sandbox, error)) (*instance, error) {
+	id := spec.ID
 	inst := &instance{id: id, fn: fn, tenant: tenant, startKind: kind, started: time.Now(), state: instStarting, fresh: true}
 	// The room check and the insert under one lock: concurrent starts
 	// never take the host past MaxInstances.
@@ -413,19 +462,8 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 	d.instances[id] = inst
 	d.mu.Unlock()
 	log := d.log.With("function", fn.key.name, "version", fn.key.version, "tenant", tenant, "instance", id)
-	var sb Sandbox
-	var err error
 	bctx, cancel := context.WithTimeout(ctx, startTimeout)
-	if kind == startRestore {
-		d.mu.Lock()
-		inst.snapGen = fn.snapGen
-		d.mu.Unlock()
-		if err = d.checkSnapshot(fn, snapshot); err == nil {
-			sb, err = d.backend.Restore(bctx, spec, snapshot)
-		}
-	} else {
-		sb, err = d.backend.Boot(bctx, spec)
-	}
+	sb, err := launch(bctx, inst)
 	cancel()
 	if err != nil {
 		d.mu.Lock()
@@ -544,7 +582,12 @@ func (d *Daemon) cutSnapshot(ctx context.Context, inst *instance, log *slog.Logg
 	fn.snapshot, fn.seal, fn.sealVerified = dir, seal, true
 	fn.snapGen++
 	fn.hasWorkingSet = false
+	stale := d.dropStandbysLocked(fn)
 	d.mu.Unlock()
+	for _, sv := range stale {
+		d.bgDiscard(sv, "a new snapshot was cut")
+	}
+	defer d.refillStandby(fn)
 	if err := d.saveFunction(fn); err != nil {
 		log.Error("cannot record the warm snapshot", "error", err)
 	}
@@ -613,7 +656,7 @@ func (d *Daemon) stopInstance(inst *instance, why string) {
 func (d *Daemon) housekeeping(ctx context.Context) {
 	now := time.Now()
 	var stop []*instance
-	var refill []*function
+	var refill, standby []*function
 	d.mu.Lock()
 	for _, fn := range d.functions {
 		for tenant, idle := range fn.pools {
@@ -645,8 +688,25 @@ func (d *Daemon) housekeeping(ctx context.Context) {
 				refill = append(refill, fn)
 			}
 		}
+		// Standbys whose VMM ended are replaced.
+		var live []*standbyVM
+		for _, sv := range fn.standby {
+			if isDone(sv.sb.Exited()) {
+				d.standbys--
+				d.bgDiscard(sv, "its VMM ended")
+				continue
+			}
+			live = append(live, sv)
+		}
+		fn.standby = live
+		if d.wantStandbyLocked(fn) && !fn.standbyFilling {
+			standby = append(standby, fn)
+		}
 	}
 	d.mu.Unlock()
+	for _, fn := range standby {
+		d.refillStandby(fn)
+	}
 	for _, inst := range stop {
 		why := "keep-alive expired"
 		if !inst.alive() {

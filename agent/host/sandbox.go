@@ -73,6 +73,26 @@ type Backend interface {
 	Reattach(ctx context.Context, rec Record) (Sandbox, error)
 }
 
+// StandbyBackend is a Backend that can restore a snapshot ahead of need,
+// leaving the sandbox before its first instruction: a restore's costly
+// part (a new jailed VMM, its VM) then happens off the invocation's path.
+type StandbyBackend interface {
+	PrepareRestore(ctx context.Context, spec Spec, snapshot string) (Standby, error)
+}
+
+// Standby is a sandbox restored but not yet started. It has served
+// nobody: its memory is the snapshot's, untouched.
+type Standby interface {
+	Record() Record
+	// Exited is closed if its process ends.
+	Exited() <-chan struct{}
+	// Start runs it and returns the sandbox once its agent is connected.
+	// On error the standby is gone.
+	Start(ctx context.Context) (Sandbox, error)
+	// Discard stops it unstarted.
+	Discard(ctx context.Context) error
+}
+
 // WorkingSetRecorder is a Sandbox that can say which pages of the
 // snapshot it was restored from its guest has touched: the file it
 // returns goes beside the snapshot, and later restores load those pages

@@ -109,6 +109,9 @@ func (d *Daemon) DeleteFunction(ctx context.Context, req *api.DeleteFunctionRequ
 			snapshots[fn] = fn.snapshot
 			fn.deleted = true
 			delete(d.functions, k)
+			for _, sv := range d.dropStandbysLocked(fn) {
+				d.bgDiscard(sv, "function deleted")
+			}
 			for _, idle := range fn.pools {
 				for _, inst := range idle {
 					d.forgetLocked(inst)
@@ -437,12 +440,24 @@ func (d *Daemon) ListInstances(ctx context.Context, req *api.ListInstancesReques
 			all = append(all, inst)
 		}
 	}
+	var standbys []*api.Instance
+	for _, fn := range d.functions {
+		if req.Function != "" && fn.key.name != req.Function {
+			continue
+		}
+		for _, sv := range fn.standby {
+			standbys = append(standbys, &api.Instance{Id: sv.spec.ID, Function: fn.key.name, Version: fn.key.version,
+				Backend: sv.sb.Record().Backend, State: api.InstanceState_STANDBY, StartedAs: api.StartKind_RESTORE,
+				StartedUnixNano: sv.made.UnixNano(), Pid: int32(sv.sb.Record().PID)})
+		}
+	}
 	d.mu.Unlock()
 	sort.Slice(all, func(i, j int) bool { return all[i].started.Before(all[j].started) })
 	resp := &api.ListInstancesResponse{}
 	for _, inst := range all {
 		resp.Instances = append(resp.Instances, d.instanceProto(inst))
 	}
+	resp.Instances = append(resp.Instances, standbys...)
 	return resp, nil
 }
 

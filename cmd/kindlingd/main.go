@@ -54,6 +54,7 @@ func run(args []string) int {
 	drain := fs.Duration("drain-timeout", 60*time.Second, "how long SIGTERM waits for running invocations")
 	retention := fs.Duration("retention", 24*time.Hour, "how long finished invocations stay retrievable")
 	cgroup := fs.String("cgroup-parent", "/sys/fs/cgroup/kindling", "cgroup v2 `dir` under which sandboxes get their own cgroups (empty: none)")
+	standby := fs.Int("standby-restores", 1, "per function version with a warm snapshot, keep this many microVMs restored but not started, so a new tenant's restore skips launching a VMM (0: none)")
 	prefetch := fs.Bool("prefetch", true, "restore microVMs with their snapshot's working set (recorded on the first restore) loaded up front")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	verbose := fs.Bool("v", false, "debug logging")
@@ -77,7 +78,11 @@ func run(args []string) int {
 	}
 	log := slog.New(h)
 	bo := host.BackendOptions{StateDir: *stateDir, CgroupParent: *cgroup, NoPrefetch: !*prefetch, Logger: log}
-	if err := serve(log, bo, *backend, *maxInstances, *retention, host.Listen{
+	if *standby < 0 {
+		fmt.Fprintf(os.Stderr, "kindlingd: --standby-restores %d: want 0 or more\n", *standby)
+		return 2
+	}
+	if err := serve(log, bo, *backend, host.Config{MaxInstances: *maxInstances, Retention: *retention, StandbyRestores: *standby}, host.Listen{
 		Socket: *socket, SocketGroup: *socketGroup, TCP: *listen, TLSCert: *tlsCert, TLSKey: *tlsKey, TLSClientCA: *tlsCA,
 		MetricsAddr: *metrics, DrainTimeout: *drain,
 	}); err != nil {
@@ -88,7 +93,9 @@ func run(args []string) int {
 	return 0
 }
 
-func serve(log *slog.Logger, bo host.BackendOptions, backendFlag string, maxInstances int, retention time.Duration, listen host.Listen) error {
+// serve runs kindlingd; cfg carries the flags' limits, serve fills in the
+// rest.
+func serve(log *slog.Logger, bo host.BackendOptions, backendFlag string, cfg host.Config, listen host.Listen) error {
 	stateDir := bo.StateDir
 	report, err := hostcheck.Run()
 	if err != nil {
@@ -99,8 +106,9 @@ func serve(log *slog.Logger, bo host.BackendOptions, backendFlag string, maxInst
 		return err
 	}
 	backends := host.Backends(bo)
-	d, err := host.New(host.Config{StateDir: stateDir, Backend: backends[name], BackendReason: reason, Backends: backends,
-		Host: report, MaxInstances: maxInstances, Retention: retention, Version: version(), Logger: log})
+	cfg.StateDir, cfg.Backend, cfg.BackendReason, cfg.Backends = stateDir, backends[name], reason, backends
+	cfg.Host, cfg.Version, cfg.Logger = report, version(), log
+	d, err := host.New(cfg)
 	if err != nil {
 		return err
 	}
