@@ -12,7 +12,7 @@ export CGO_ENABLED := 0
 TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 20s
 
-.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels bench-invoke syscall-table proto demo clean
+.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels bench-invoke bench-restore syscall-table proto demo clean
 
 all: build
 
@@ -65,6 +65,13 @@ bench-kernels: setup build
 # kindlingd adds (target <= 1 ms). Builds kindlingd and the task from source.
 bench-invoke: setup build
 	$(BIN)/kindling-bench --invoke
+
+# Restore to first response through kindlingd (echo guest, jailed microVMs):
+# on demand, with working-set prefetch and from a standby restore, for 128
+# and 512 MiB guests, beside QEMU -incoming of the same sizes, with ratios,
+# and restores per second 4 at a time (targets: <= 0.2x QEMU, p50 < 10 ms).
+bench-restore: setup build
+	$(BIN)/kindling-bench --restore-daemon
 
 # Re-derive kernelbuilder/syscalls/table_gen.go from the installed kernel
 # source (the drift test in make test says when this is needed).
