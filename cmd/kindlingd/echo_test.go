@@ -159,3 +159,44 @@ func echoImage(t *testing.T) (img, sha string) {
 	}
 	return img, sha
 }
+
+// TestVMMKilledMidInvocation: a jailed VMM killed while its guest holds
+// an invocation fails that invocation as a crash naming the signal; the
+// daemon and the pool carry on with a new VM.
+func TestVMMKilledMidInvocation(t *testing.T) {
+	img, sha := echoImage(t)
+	d := startDaemon(t, "--backend", "microvm", "--standby-restores", "0")
+	ctx := context.Background()
+	_, err := d.API.RegisterFunction(ctx, &api.RegisterFunctionRequest{Function: &api.FunctionSpec{Name: "victim", MemoryMib: 64, TimeoutMs: 10_000,
+		Image: &api.ImageRef{Path: img, ManifestSha256: sha}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := mustInvoke(t, d, &api.InvokeRequest{Function: "victim", Payload: []byte(`{}`)})
+	il, err := d.API.ListInstances(ctx, &api.ListInstancesRequest{Function: "victim"})
+	if err != nil || len(il.Instances) != 1 {
+		t.Fatalf("instances: %v %v", il, err)
+	}
+	// Frozen, the guest holds the next invocation until the VMM dies.
+	sock := filepath.Join(d.StateDir, "sandboxes", first.InstanceId, "run", "api.sock")
+	if err := vmmclient.New(sock).Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *api.Invocation, 1)
+	go func() { done <- mustInvoke(t, d, &api.InvokeRequest{Function: "victim", Payload: []byte(`{"n":2}`)}) }()
+	time.Sleep(300 * time.Millisecond)
+	syscallKill(t, int(il.Instances[0].Pid))
+	r := <-done
+	if r.State != api.InvocationState_FAILED || r.ErrorType != "Kindling.SandboxCrashed" || !strings.Contains(r.ErrorMessage, "signal") {
+		t.Fatalf("after the VMM was killed: %v", r)
+	}
+	t.Logf("the caller got: %s", r.ErrorMessage)
+	next := mustInvoke(t, d, &api.InvokeRequest{Function: "victim", Payload: []byte(`{"n":3}`)})
+	if next.State != api.InvocationState_SUCCEEDED || next.InstanceId == first.InstanceId {
+		t.Fatalf("the pool did not recover: %v", next)
+	}
+	waitFor(t, "the dead VM's directory to go", func() bool {
+		_, err := os.Stat(filepath.Join(d.StateDir, "sandboxes", first.InstanceId))
+		return os.IsNotExist(err)
+	})
+}
