@@ -1,13 +1,16 @@
 package guest_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -286,5 +289,77 @@ func TestGuestClosesMidInvocation(t *testing.T) {
 	}
 	if _, err := c.Invoke(context.Background(), "y", []byte("{}"), time.Second); !errors.Is(err, guest.ErrAgentGone) {
 		t.Fatalf("Invoke after the guest left: %v", err)
+	}
+}
+
+// ReadFrame refuses a declared length over the limits before it allocates
+// it (a 4 GiB body here), naming the size and the limit; a log line has a
+// limit of its own, below a payload's.
+func TestReadFrameLimits(t *testing.T) {
+	frame := func(header string, bodyLen uint32) []byte {
+		b := binary.BigEndian.AppendUint32(nil, uint32(len(header)))
+		b = append(b, header...)
+		return binary.BigEndian.AppendUint32(b, bodyLen)
+	}
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"header", []byte{0xff, 0xff, 0xff, 0xf0}, "a header of 4294967280 bytes, above the 65536-byte limit"},
+		{"body", frame(`{"type":"response","id":"a"}`, 0xfffffff0), fmt.Sprintf("a body of 4294967280 bytes, above the %d-byte limit", guest.MaxPayload)},
+		{"log line", frame(`{"type":"log","stream":"stdout"}`, guest.MaxLogLine+1), fmt.Sprintf("a log line of %d bytes, above the %d-byte limit", guest.MaxLogLine+1, guest.MaxLogLine)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := guest.ReadFrame(bytes.NewReader(tc.in))
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, guest.ErrFrameTooLarge) || !errors.Is(err, guest.ErrProtocol) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ReadFrame: %v; want ErrFrameTooLarge naming %q", err, tc.want)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 64<<10 {
+				t.Fatalf("ReadFrame allocated %d bytes for a frame it refused", n)
+			}
+		})
+	}
+	if _, err := guest.ReadFrame(bytes.NewReader(frame("not json", 0))); !errors.Is(err, guest.ErrProtocol) {
+		t.Fatalf("a header that is not JSON: %v; want ErrProtocol", err)
+	}
+}
+
+// A guest that breaks the framing fails the invocation waiting on it with
+// ErrProtocol (not ErrAgentGone: a live agent that merely lost its
+// connection is asked again; this one is not), and the client closes the
+// connection instead of leaving the guest writing into it.
+func TestGuestBreaksTheProtocol(t *testing.T) {
+	host, agentEnd := net.Pipe()
+	c := guest.NewClient(host)
+	closed := make(chan error, 1)
+	go func() {
+		guest.ReadFrame(agentEnd)
+		b := binary.BigEndian.AppendUint32(nil, 2)
+		b = append(b, "{}"...)
+		b = binary.BigEndian.AppendUint32(b, 0xfffffff0)
+		agentEnd.Write(b)
+		// Garbage, until the host closes its end.
+		for {
+			if _, err := agentEnd.Write(make([]byte, 4096)); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+	_, err := c.Invoke(context.Background(), "x", []byte("{}"), 10*time.Second)
+	if !errors.Is(err, guest.ErrProtocol) || errors.Is(err, guest.ErrAgentGone) || !strings.Contains(err.Error(), "4294967280") {
+		t.Fatalf("Invoke: %v; want ErrProtocol naming the frame's size", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client did not close the connection of a guest that broke the protocol")
+	}
+	if _, err := c.Invoke(context.Background(), "y", []byte("{}"), time.Second); !errors.Is(err, guest.ErrProtocol) {
+		t.Fatalf("Invoke after: %v", err)
 	}
 }

@@ -45,6 +45,18 @@ func (c *Client) read(r io.Reader) {
 		if err != nil {
 			c.mu.Lock()
 			c.err = fmt.Errorf("%w: %v", ErrAgentGone, err)
+			if errors.Is(err, ErrProtocol) {
+				// The peer broke the framing (a declared length over the
+				// limits, a header that is not JSON): not a connection
+				// that broke under a live agent, which redials and is
+				// asked again, but a guest that is not to be trusted.
+				// Say so (no ErrAgentGone), and close the stream rather
+				// than leave the peer writing into a socket nobody reads.
+				c.err = err
+				if cl, ok := r.(io.Closer); ok {
+					cl.Close()
+				}
+			}
 			for id, ch := range c.pending {
 				close(ch)
 				delete(c.pending, id)
@@ -83,8 +95,9 @@ func (c *Client) Hello(seed []byte) error {
 
 // Invoke sends one invocation and waits for its response or error frame.
 // The agent enforces timeout (its deadline); ctx bounds the wait here. An
-// error return means no result came (the channel broke, or ctx ended); a
-// handler error or a timeout is a Frame of TypeError.
+// error return means no result came (the channel broke: ErrAgentGone, or
+// the agent broke the protocol: ErrProtocol; or ctx ended); a handler
+// error or a timeout is a Frame of TypeError.
 func (c *Client) Invoke(ctx context.Context, id string, payload []byte, timeout time.Duration) (Frame, error) {
 	if len(payload) > MaxPayload {
 		return Frame{}, fmt.Errorf("invoke %s: payload of %d bytes exceeds the %d-byte limit", id, len(payload), MaxPayload)

@@ -21,6 +21,12 @@ const MaxPayload = 6 << 20
 // maxHeader bounds a frame's JSON header.
 const maxHeader = 64 << 10
 
+// MaxLogLine bounds a log frame's body: the agent's line scanner (runTask)
+// never produces a longer line, so a peer that declares one is not an
+// agent. Without it a log line could be as large as a payload, and a host
+// queues many log lines (Client.Logs) where it holds one payload.
+const MaxLogLine = 1 << 20
+
 // Message types.
 const (
 	TypeHello    = "hello"    // host -> agent, on every connection: the time and an entropy seed
@@ -73,8 +79,14 @@ func WriteFrame(w io.Writer, f Frame) error {
 	return err
 }
 
-// ErrFrameTooLarge is a frame whose declared size is over the limits.
-var ErrFrameTooLarge = errors.New("frame too large")
+// ErrProtocol is a frame that breaks the protocol: a declared length over
+// the limits, a header that is not JSON. The stream cannot be read past
+// it, and its peer cannot be trusted with it any longer.
+var ErrProtocol = errors.New("agent protocol violation")
+
+// ErrFrameTooLarge is a frame whose declared size is over the limits; it
+// is an ErrProtocol.
+var ErrFrameTooLarge = fmt.Errorf("%w: frame too large", ErrProtocol)
 
 // ReadFrame reads one frame; the lengths come from the peer and are
 // checked before anything is allocated.
@@ -85,7 +97,7 @@ func ReadFrame(r io.Reader) (Frame, error) {
 	}
 	hl := binary.BigEndian.Uint32(n[:])
 	if hl > maxHeader {
-		return Frame{}, fmt.Errorf("%w: header of %d bytes", ErrFrameTooLarge, hl)
+		return Frame{}, fmt.Errorf("%w: a header of %d bytes, above the %d-byte limit", ErrFrameTooLarge, hl, maxHeader)
 	}
 	h := make([]byte, hl)
 	if _, err := io.ReadFull(r, h); err != nil {
@@ -93,14 +105,18 @@ func ReadFrame(r io.Reader) (Frame, error) {
 	}
 	var f Frame
 	if err := json.Unmarshal(h, &f.Header); err != nil {
-		return Frame{}, fmt.Errorf("frame header: %w", err)
+		return Frame{}, fmt.Errorf("%w: frame header: %w", ErrProtocol, err)
 	}
 	if _, err := io.ReadFull(r, n[:]); err != nil {
 		return Frame{}, unexpected(err)
 	}
 	bl := binary.BigEndian.Uint32(n[:])
-	if bl > MaxPayload {
-		return Frame{}, fmt.Errorf("%w: body of %d bytes (limit %d)", ErrFrameTooLarge, bl, MaxPayload)
+	limit, what := uint32(MaxPayload), "a body"
+	if f.Type == TypeLog {
+		limit, what = MaxLogLine, "a log line"
+	}
+	if bl > limit {
+		return Frame{}, fmt.Errorf("%w: %s of %d bytes, above the %d-byte limit", ErrFrameTooLarge, what, bl, limit)
 	}
 	f.Body = make([]byte, bl)
 	if _, err := io.ReadFull(r, f.Body); err != nil {

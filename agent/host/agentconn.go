@@ -37,6 +37,17 @@ const (
 	// recentOutputLines is how many of the task's lines outside any
 	// invocation are kept for a failed start's error message.
 	recentOutputLines = 20
+	// maxInvocationLogBytes bounds the output one invocation streams to
+	// its caller: the lines after it are dropped, with one marker line
+	// (logTruncated). A task (or a hostile guest) that writes without end
+	// would otherwise hold kindlingd's reader, pump and the caller's
+	// stream busy for its whole timeout. 1 MiB: as much as one line may
+	// be (guest.MaxLogLine, the agent's line scanner's limit); Lambda
+	// keeps less (4 KiB of tail for LogType=Tail).
+	maxInvocationLogBytes = 1 << 20
+	// logTruncated starts the marker line of an invocation whose output
+	// passed maxInvocationLogBytes.
+	logTruncated = "... log truncated"
 )
 
 // sandboxError is a sandbox's end, as an error wrapping ErrSandboxCrashed
@@ -212,6 +223,30 @@ func (l *agentLink) setLogs(fn func(guest.Frame)) {
 	l.logMu.Unlock()
 }
 
+// capLogs passes log lines to fn until their bodies add up to more than
+// limit bytes, then passes one marker line (stream "kindling", starting
+// with logTruncated) and drops the rest. Its calls are serialised by
+// logMu (forward).
+func capLogs(fn func(guest.Frame), limit int) func(guest.Frame) {
+	if fn == nil {
+		return nil
+	}
+	total, truncated := 0, false
+	return func(f guest.Frame) {
+		if truncated {
+			return
+		}
+		if total+len(f.Body) > limit {
+			truncated = true
+			fn(guest.Frame{Header: guest.Header{Type: guest.TypeLog, ID: f.ID, Stream: "kindling"},
+				Body: fmt.Appendf(nil, "%s: this invocation's output passed %d bytes; the rest is dropped", logTruncated, limit)})
+			return
+		}
+		total += len(f.Body)
+		fn(f)
+	}
+}
+
 // flush hands the log lines already received to the callback: the client
 // queues a result's earlier log lines before the result itself.
 func (l *agentLink) flush() {
@@ -308,7 +343,7 @@ func (l *agentLink) invoke(ctx context.Context, id string, payload []byte, timeo
 		return guest.Frame{}, &sandboxError{msg: fmt.Sprintf("sandbox %s has ended (%s)", l.id, l.dead.Reason()), kind: ErrSandboxGone}
 	default:
 	}
-	l.setLogs(logs)
+	l.setLogs(capLogs(logs, maxInvocationLogBytes))
 	defer l.setLogs(nil)
 	for {
 		c, changed := l.current()
@@ -339,6 +374,14 @@ func (l *agentLink) invoke(ctx context.Context, id string, payload []byte, timeo
 		}
 		if isDone(l.dead.done) {
 			return guest.Frame{}, crashedDuring(l.id, id, l.dead.Reason())
+		}
+		if errors.Is(err, guest.ErrProtocol) {
+			// The guest sent what is not a frame, or one over the
+			// limits (refused before it was allocated): the client
+			// closed the connection. Not ErrAgentGone, so not waited
+			// for and asked again; not ErrSandboxCrashed, as it did not
+			// die. The caller stops a sandbox that fails this way.
+			return guest.Frame{}, fmt.Errorf("sandbox %s: the guest broke the agent protocol, and its connection was closed: %w", l.id, err)
 		}
 		if !errors.Is(err, guest.ErrAgentGone) {
 			return guest.Frame{}, fmt.Errorf("sandbox %s: %w", l.id, err)

@@ -259,7 +259,9 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 		}
 	case errors.Is(err, ErrSandboxCrashed):
 		after = func() { d.discard(inst, err.Error()) }
-	case ctx.Err() != nil && d.ctx.Err() == nil:
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) && d.ctx.Err() == nil:
+		// The deadline, not cancel() above (after which ctx.Err() is
+		// never nil): any other error keeps its own message below.
 		hung = true
 		err = fmt.Errorf("the sandbox did not answer within the %v timeout (+%v grace); it was stopped", timeout, graceAfterDeadline)
 		after = func() { d.discard(inst, "hung past its deadline") }

@@ -10,9 +10,11 @@
 // virtio-vsock device on the virtio-mmio bus, connects to the host (CID 2)
 // on port 1024 and answers frames: "hello" with "ready", "invoke" with a
 // "response" of the same id echoing the body, and the body RandomOp with
-// 16 hex digits drawn from the TSC and the hello's entropy seed. It
-// connects again whenever its connection ends, including after the
-// transport-reset event a restored VM gets. It needs one vCPU, MinMemoryMiB
+// 16 hex digits drawn from the TSC and the hello's entropy seed. The
+// bodies FloodLogsOp and FloodGarbageOp make it a bad guest, to test the
+// host's defences. It connects again whenever its connection ends,
+// including after the transport-reset event a restored VM gets (and a
+// flood ends with its connection). It needs one vCPU, MinMemoryMiB
 // of memory and no initrd; its command line only needs what the VMM
 // appends (the virtio_mmio.device= entries); see the Arg constants for its
 // own switches.
@@ -40,6 +42,22 @@ const Port = 1024
 // RandomOp is the invocation body the guest answers with 16 hex digits of
 // fresh randomness instead of an echo.
 const RandomOp = `{"op":"random"}`
+
+// FloodLogsOp is the invocation body the guest never answers: it sends
+// log frames instead (stream stdout, 1000 bytes of "flood " each, 60 to a
+// packet) as fast as the host's credit allows, and drops what the host
+// sends, until the connection ends.
+const FloodLogsOp = `{"op":"flood-logs"}`
+
+// FloodGarbageOp is the invocation body the guest never answers: it sends
+// the head of a log frame declaring a body of 4 GiB less 16 bytes (above
+// the protocol's limits, guest.MaxPayload and guest.MaxLogLine), then
+// random bytes that are not frames, as fast as the host's credit allows,
+// until the connection ends.
+const FloodGarbageOp = `{"op":"flood-garbage"}`
+
+// FloodDeclaredBytes is the body length FloodGarbageOp's frame declares.
+const FloodDeclaredBytes = 0xfffffff0
 
 // Command-line switches the guest reads.
 const (

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -636,5 +638,74 @@ func TestNoVsockDevice(t *testing.T) {
 			t.Fatalf("no %q on the console within %v; %s", want, readyTimeout, v.diagnose())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The bad guests: after FloodLogsOp the guest sends nothing but log
+// frames and drops what the host sends (another invocation gets no
+// answer); after FloodGarbageOp, a frame head declaring a body no host
+// should allocate, then bytes that are not frames. Either lasts as long
+// as its connection: on the next one the guest is a good one again.
+func TestFlood(t *testing.T) {
+	setup(t)
+	v, err := launchVM(t, "flood", vmOpts{cmdline: DebugArg, raw: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(h guest.Header, body string) {
+		t.Helper()
+		if err := guest.WriteFrame(v.conn, guest.Frame{Header: h, Body: []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() (guest.Frame, error) {
+		v.conn.SetReadDeadline(time.Now().Add(readyTimeout))
+		return guest.ReadFrame(v.conn)
+	}
+	greet := func() {
+		t.Helper()
+		write(guest.Header{Type: guest.TypeHello, TimeNs: 1}, "seed")
+		if f, err := read(); err != nil || f.Type != guest.TypeReady {
+			t.Fatalf("after hello: %v %v; %s", f.Header, err, v.diagnose())
+		}
+	}
+	greet()
+	write(guest.Header{Type: guest.TypeInvoke, ID: "logs"}, FloodLogsOp)
+	line := strings.Repeat("flood ", 200)[:1000]
+	const frames = 20000
+	t0 := time.Now()
+	for i := range frames {
+		if i == frames/2 {
+			write(guest.Header{Type: guest.TypeInvoke, ID: "ignored"}, "x")
+		}
+		f, err := read()
+		if err != nil {
+			t.Fatalf("log frame %d: %v; %s", i, err, v.diagnose())
+		}
+		if f.Type != guest.TypeLog || f.Stream != "stdout" || string(f.Body) != line {
+			t.Fatalf("frame %d: %v %q, want a log line of %q", i, f.Header, trim(f.Body), trim([]byte(line)))
+		}
+	}
+	took := time.Since(t0)
+	t.Logf("%d log frames (%.1f MiB) in %v: %.0f MiB/s", frames, float64(frames*(len(line)+40))/(1<<20), took.Round(time.Millisecond),
+		float64(frames*(len(line)+40))/(1<<20)/took.Seconds())
+
+	v.conn.Close()
+	v.accept()
+	greet()
+	write(guest.Header{Type: guest.TypeInvoke, ID: "garbage"}, FloodGarbageOp)
+	if f, err := read(); !errors.Is(err, guest.ErrFrameTooLarge) || !strings.Contains(err.Error(), strconv.Itoa(FloodDeclaredBytes)) {
+		t.Fatalf("got %v %v, want a frame of %d bytes refused", f.Header, err, FloodDeclaredBytes)
+	}
+	if _, err := io.ReadFull(v.conn, make([]byte, 1<<20)); err != nil {
+		t.Fatalf("garbage after the frame head: %v", err)
+	}
+
+	v.conn.Close()
+	v.accept()
+	greet()
+	write(guest.Header{Type: guest.TypeInvoke, ID: "good"}, "again")
+	if f, err := read(); err != nil || f.Type != guest.TypeResponse || f.ID != "good" || string(f.Body) != "again" {
+		t.Fatalf("after the floods: %v %q %v", f.Header, f.Body, err)
 	}
 }

@@ -8,9 +8,13 @@
  * (agent/guest/protocol.go: u32 BE header length, JSON header, u32 BE body
  * length, body): "hello" with "ready", "invoke" with a "response" carrying
  * the same id and body, or, for the body {"op":"random"}, 16 hex digits
- * drawn from the TSC and the hello's entropy seed. When the connection
- * ends (the host closed it, or a transport-reset event after a snapshot
- * restore) it connects again.
+ * drawn from the TSC and the hello's entropy seed. The bodies
+ * {"op":"flood-logs"} and {"op":"flood-garbage"} are bad guests, for the
+ * host's defences: never a response, but log frames as fast as the host's
+ * credit allows, or a frame head declaring a 4 GiB body and then garbage,
+ * until the connection ends. When the connection ends (the host closed
+ * it, or a transport-reset event after a snapshot restore) it connects
+ * again, a good guest once more.
  *
  * Everything here runs at native speed where guest kernel mode is
  * emulated. It polls the used rings; after a while with nothing to do it
@@ -46,6 +50,17 @@ volatile u32 ticks;   /* LAPIC timer interrupts, TICKS_PER_SEC a second */
 #define CREDIT_BATCH (64u << 10)
 /* The device refuses packets above 64 KiB (vsock.go maxPayload). */
 #define MAX_PACKET (64u << 10)
+/* Flood modes: each log line's body (well under the protocol's 1 MiB
+ * MaxLogLine: many small frames are the host's hardest case per byte),
+ * the body length the garbage frame declares (above MAX_BODY, and larger
+ * than any host should allocate), and floodbuf, sent again and again:
+ * FLOOD_FRAMES log frames (one packet, one VM exit), or garbage. */
+#define FLOOD_LINE 1000
+#define FLOOD_FRAMES 60
+#define FLOOD_DECLARED 0xfffffff0u
+#define FLOOD_BUF (62u << 10)
+_Static_assert(FLOOD_FRAMES * (FLOOD_LINE + 8 + 32) <= FLOOD_BUF && FLOOD_BUF <= MAX_PACKET,
+	       "the log frames fit floodbuf, and floodbuf one packet");
 
 #define HOST_CID 2
 #define DEFAULT_PORT 1024
@@ -210,6 +225,13 @@ static struct {
 } out;
 static u8 outhead[MAX_HEADER + 64];
 static u8 rndbody[16];
+
+/* A flood (FloodLogsOp, FloodGarbageOp) lasts as long as its connection:
+ * pump sends its frames whenever the answer before is out. */
+enum { FLOOD_NONE, FLOOD_LOGS, FLOOD_GARBAGE_HEAD, FLOOD_GARBAGE_BYTES };
+static int flood;
+static u8 floodbuf[FLOOD_BUF];
+static u32 floodlen;
 
 static uintptr_t vsock;   /* the device's MMIO window */
 static u32 vsock_irq;     /* its IOAPIC pin, or ~0 */
@@ -635,6 +657,7 @@ static void reset_stream(void)
 {
 	inlen = 0;
 	out.active = 0;
+	flood = FLOOD_NONE;
 	conn.tx_cnt = conn.peer_buf_alloc = conn.peer_fwd_cnt = conn.fwd_cnt = conn.told = 0;
 }
 
@@ -795,21 +818,82 @@ static u8 *head_start(u8 *p, const char *json)
 	return p;
 }
 
-/* answer queues a frame: outhead[0..end) holds the length prefix's room
- * and the JSON header; body follows. consume is the request's size. */
-static void answer(u8 *end, const u8 *body, u32 blen, u32 consume)
+/* send_parts queues a and then b (blen may be 0) for send_some; consume
+ * is how much of inbuf to consume once both are out. */
+static void send_parts(const u8 *a, u32 alen, const u8 *b, u32 blen, u32 consume)
 {
-	u32 hl = (u32)(end - outhead) - 4;
-	put_be32(outhead, hl);
-	put_be32(end, blen);
-	out.part[0] = outhead;
-	out.len[0] = hl + 8;
-	out.part[1] = body;
+	out.part[0] = a;
+	out.len[0] = alen;
+	out.part[1] = b;
 	out.len[1] = blen;
 	out.cur = 0;
 	out.off = 0;
 	out.consume = consume;
 	out.active = 1;
+}
+
+/* frame_head closes the frame head in outhead[0..end): the JSON header's
+ * length before it, the body length declared (blen) after it; it returns
+ * the head's size. */
+static u32 frame_head(u8 *end, u32 blen)
+{
+	u32 hl = (u32)(end - outhead) - 4;
+	put_be32(outhead, hl);
+	put_be32(end, blen);
+	return hl + 8;
+}
+
+/* answer queues a frame: outhead[0..end) holds the length prefix's room
+ * and the JSON header; body follows. consume is the request's size. */
+static void answer(u8 *end, const u8 *body, u32 blen, u32 consume)
+{
+	send_parts(outhead, frame_head(end, blen), body, blen, consume);
+}
+
+#define LOG_HEAD "{\"type\":\"log\",\"stream\":\"stdout\"}"
+
+/* flood_start turns the connection into a flood of the given kind:
+ * floodbuf gets FLOOD_FRAMES log frames of FLOOD_LINE bytes of "flood ",
+ * or bytes that are not a frame (what a reader takes for lengths in them
+ * is anything). */
+static void flood_start(int kind)
+{
+	static const char word[] = "flood ";
+	floodlen = 0;
+	if (kind == FLOOD_LOGS) {
+		u32 n = frame_head(head_start(outhead, LOG_HEAD), FLOOD_LINE);
+		for (int f = 0; f < FLOOD_FRAMES; f++) {
+			memcpy(floodbuf + floodlen, outhead, n);
+			floodlen += n;
+			for (u32 i = 0; i < FLOOD_LINE; i++)
+				floodbuf[floodlen++] = (u8)word[i % (sizeof word - 1)];
+		}
+	} else {
+		u64 r = seed ^ rdtsc();
+		for (; floodlen < FLOOD_BUF; floodlen += 8) {
+			r = mix64(r);
+			for (u32 k = 0; k < 8; k++)
+				floodbuf[floodlen + k] = (u8)(r >> (8 * k));
+		}
+	}
+	flood = kind;
+	DEBUG("flooding");
+}
+
+/* flood_next queues the flood's next run of frames (or garbage), and
+ * drops whatever the host sends meanwhile: a flooding guest answers
+ * nothing. */
+static void flood_next(void)
+{
+	if (inlen)
+		consume(inlen);
+	if (flood == FLOOD_GARBAGE_HEAD) {
+		/* A valid header, then a body length no host should allocate. */
+		send_parts(outhead, frame_head(head_start(outhead, LOG_HEAD), FLOOD_DECLARED), floodbuf, floodlen, 0);
+		flood = FLOOD_GARBAGE_BYTES;
+		return;
+	}
+	send_parts(floodbuf, floodlen, 0, 0, 0);
 }
 
 static void on_frame(const u8 *hdr, u32 hl, const u8 *body, u32 bl, u32 flen)
@@ -846,6 +930,11 @@ static void on_frame(const u8 *hdr, u32 hl, const u8 *body, u32 bl, u32 flen)
 		for (int i = 0; i < 16; i++)
 			rndbody[i] = (u8)"0123456789abcdef"[(r >> (60 - 4 * i)) & 0xf];
 		answer(p, rndbody, sizeof rndbody, flen);
+		return;
+	}
+	if (json_string(body, bl, "op", &op, &ol) && (is(op, ol, "flood-logs") || is(op, ol, "flood-garbage"))) {
+		flood_start(is(op, ol, "flood-logs") ? FLOOD_LOGS : FLOOD_GARBAGE_HEAD);
+		consume(flen);
 		return;
 	}
 	answer(p, body, bl, flen);
@@ -898,6 +987,10 @@ static int pump(void)
 			if (!send_some())
 				return progress;
 			progress = 1;
+			continue;
+		}
+		if (flood) {
+			flood_next();
 			continue;
 		}
 		if (inlen < 4)
