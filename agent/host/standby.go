@@ -177,6 +177,11 @@ func (d *Daemon) evictStandbyLocked() bool {
 }
 
 func (d *Daemon) bgDiscard(sv *standbyVM, why string) {
+	if d.ctx.Err() != nil {
+		// Close may be waiting on bg already: Add must not race it.
+		go d.discardStandby(sv, why)
+		return
+	}
 	d.bg.Add(1)
 	go func() {
 		defer d.bg.Done()
