@@ -1,13 +1,16 @@
 package vmm
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 
 	"github.com/kindlingvm/kindling/cpuid"
+	"github.com/kindlingvm/kindling/vmm/devices/virtio/netdev"
 	"github.com/kindlingvm/kindling/vmm/memory"
 )
 
@@ -25,6 +28,8 @@ type Config struct {
 	Disks     []Disk `json:"disks,omitempty"`
 	// Vsock, when set, gives the guest a virtio-vsock device.
 	Vsock *Vsock `json:"vsock,omitempty"`
+	// Net gives the guest a virtio-net device per entry, in order.
+	Net []NetIface `json:"network_interfaces,omitempty"`
 	// Console is where the serial console goes: "stdout" (the default),
 	// "none", or a file path.
 	Console string `json:"console,omitempty"`
@@ -46,6 +51,52 @@ type Disk struct {
 type Vsock struct {
 	GuestCID uint64 `json:"guest_cid"`
 	Path     string `json:"uds_path"`
+}
+
+// NetIface is a virtio-net device backed by a host tap. The tap must exist
+// already, persistent and owned by the VMM's uid, in the VMM's network
+// namespace (kindlingd makes it, in the VM's): the VMM only attaches to it.
+type NetIface struct {
+	Tap string `json:"tap"`
+	// GuestMAC is the guest's address, such as "06:00:ac:10:00:02". Empty
+	// gives interface i 06:00:ac:10:i:02 (netdev.DefaultMAC).
+	GuestMAC string `json:"guest_mac,omitempty"`
+}
+
+// MAC is the guest's address on n, the interface at index i of a config.
+func (n NetIface) MAC(i int) (net.HardwareAddr, error) {
+	if n.GuestMAC == "" {
+		return netdev.DefaultMAC(i), nil
+	}
+	mac, err := net.ParseMAC(n.GuestMAC)
+	if err != nil {
+		return nil, fmt.Errorf("guest_mac %q: want six hex bytes such as 06:00:ac:10:00:02", n.GuestMAC)
+	}
+	if err := netdev.CheckMAC(mac); err != nil {
+		return nil, fmt.Errorf("guest_mac %q: %w", n.GuestMAC, err)
+	}
+	return mac, nil
+}
+
+// ParseNetIface parses the command-line form of a network interface,
+// TAP or TAP,mac=MAC.
+func ParseNetIface(s string) (NetIface, error) {
+	tap, opt, hasOpt := strings.Cut(s, ",")
+	n := NetIface{Tap: tap}
+	if hasOpt {
+		mac, ok := strings.CutPrefix(opt, "mac=")
+		if !ok || mac == "" {
+			return NetIface{}, fmt.Errorf("net %q: want TAP or TAP,mac=MAC, e.g. tap0,mac=06:00:ac:10:00:02", s)
+		}
+		n.GuestMAC = mac
+	}
+	if err := netdev.CheckTapName(n.Tap); err != nil {
+		return NetIface{}, fmt.Errorf("net %q: %w", s, err)
+	}
+	if _, err := n.MAC(0); err != nil {
+		return NetIface{}, fmt.Errorf("net %q: %w", s, err)
+	}
+	return n, nil
 }
 
 // ParseVsock parses the command-line form CID:PATH.
@@ -88,6 +139,13 @@ func (c *Config) Validate() error {
 	if len(c.Disks) > MaxDisks {
 		return fmt.Errorf("%d disks, at most %d", len(c.Disks), MaxDisks)
 	}
+	if n := c.virtioDevices(); n > virtioMaxDevice {
+		return fmt.Errorf("%d virtio devices (disks, network interfaces and vsock), at most %d: each takes one of the IOAPIC's pins %d to %d",
+			n, virtioMaxDevice, virtioFirstIRQ, virtioLastIRQ)
+	}
+	if err := c.validateNet(); err != nil {
+		return err
+	}
 	if c.Vsock != nil && (c.Vsock.GuestCID < 3 || c.Vsock.GuestCID > 0xffffffff || c.Vsock.Path == "") {
 		return fmt.Errorf("vsock: guest_cid %d and uds_path %q: want a CID from 3 to 4294967295 and a socket path", c.Vsock.GuestCID, c.Vsock.Path)
 	}
@@ -98,6 +156,42 @@ func (c *Config) Validate() error {
 	}
 	if c.Kernel == "" && (c.Initrd != "" || c.Cmdline != "") {
 		return fmt.Errorf("initrd or cmdline given without a kernel")
+	}
+	return nil
+}
+
+// virtioDevices counts the config's virtio-mmio devices.
+func (c *Config) virtioDevices() int {
+	n := len(c.Disks) + len(c.Net)
+	if c.Vsock != nil {
+		n++
+	}
+	return n
+}
+
+// validateNet checks each network interface and that no two share a tap
+// (the second could not attach) or a MAC.
+func (c *Config) validateNet() error {
+	taps := map[string]int{}
+	var macs []net.HardwareAddr
+	for i, n := range c.Net {
+		if err := netdev.CheckTapName(n.Tap); err != nil {
+			return fmt.Errorf("network interface %d: %w", i, err)
+		}
+		if j, ok := taps[n.Tap]; ok {
+			return fmt.Errorf("network interfaces %d and %d both use tap %s: each needs its own", j, i, n.Tap)
+		}
+		taps[n.Tap] = i
+		mac, err := n.MAC(i)
+		if err != nil {
+			return fmt.Errorf("network interface %d: %w", i, err)
+		}
+		for j, m := range macs {
+			if bytes.Equal(m, mac) {
+				return fmt.Errorf("network interfaces %d and %d both have MAC %v", j, i, mac)
+			}
+		}
+		macs = append(macs, mac)
 	}
 	return nil
 }

@@ -75,6 +75,7 @@ type Machine struct {
 	console   io.Closer // owned console file, if any
 	disks     []*virtioSlot
 	vsock     *virtioSlot // nil without a vsock device
+	nets      []*virtioSlot
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -311,6 +312,9 @@ func (m *Machine) Pause() error {
 	if m.exit != nil {
 		return fmt.Errorf("pause: VM stopped: %s", m.exit)
 	}
+	// With every vCPU parked, only the network devices' receive
+	// goroutines still write guest memory.
+	m.pauseNet()
 	m.state = StatePaused
 	m.metrics.pauses.Add(1)
 	for _, v := range m.vcpus {
@@ -332,6 +336,7 @@ func (m *Machine) Resume() error {
 	for _, v := range m.vcpus {
 		v.SetImmediateExit(false)
 	}
+	m.resumeNet()
 	m.pauseReq = false
 	m.state = StateRunning
 	m.cond.Broadcast()

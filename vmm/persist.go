@@ -7,6 +7,7 @@ import (
 	"github.com/kindlingvm/kindling/vmm/devices/legacy"
 	"github.com/kindlingvm/kindling/vmm/devices/virtio"
 	"github.com/kindlingvm/kindling/vmm/devices/virtio/blk"
+	"github.com/kindlingvm/kindling/vmm/devices/virtio/netdev"
 	"github.com/kindlingvm/kindling/vmm/kvm"
 )
 
@@ -44,12 +45,22 @@ type DeviceState struct {
 	// saved: their host ends belong to other processes. A restored guest
 	// is told with a transport-reset event.
 	Vsock *virtio.TransportState `json:",omitempty"`
+	// Net is the virtio-net devices, in config order. Frames in flight
+	// (one held for a receive buffer, others queued in the tap) are not
+	// saved: a network drops them too, and the guest's stack recovers.
+	Net []NetState `json:",omitempty"`
 }
 
 // DiskState is one virtio-blk device: its transport and the device.
 type DiskState struct {
 	Transport virtio.TransportState
 	Block     blk.State
+}
+
+// NetState is one virtio-net device: its transport and the device.
+type NetState struct {
+	Transport virtio.TransportState
+	Device    netdev.State
 }
 
 // MachineState is a paused VM's complete state, but for its memory.
@@ -245,6 +256,9 @@ func (m *Machine) saveDevices() DeviceState {
 		ts := m.vsock.transport.Save()
 		st.Vsock = &ts
 	}
+	for _, n := range m.nets {
+		st.Net = append(st.Net, NetState{Transport: n.transport.Save(), Device: n.net.Save()})
+	}
 	return st
 }
 
@@ -270,6 +284,19 @@ func (m *Machine) restoreDevices(st DeviceState) error {
 		}
 		if err := m.vsock.vsock.TransportReset(); err != nil {
 			return fmt.Errorf("vsock: %w", err)
+		}
+	}
+	if len(st.Net) != len(m.nets) {
+		return fmt.Errorf("snapshot has %d network interfaces, the VM %d", len(st.Net), len(m.nets))
+	}
+	for i, n := range m.nets {
+		// The device first: the transport re-activates it, and from then
+		// on it receives.
+		if err := n.net.Restore(st.Net[i].Device); err != nil {
+			return fmt.Errorf("network interface %d: %w", i, err)
+		}
+		if err := n.transport.Restore(st.Net[i].Transport); err != nil {
+			return fmt.Errorf("network interface %d: %w", i, err)
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -229,6 +230,11 @@ type RestoreOverrides struct {
 	// VsockPath, when set, replaces the vsock device's Unix socket path
 	// (the snapshotted VM may still hold the old one).
 	VsockPath string
+	// Net, when set, moves the network interfaces to other taps (same
+	// count and order): a VM restored beside the original needs taps of
+	// its own. A GuestMAC, if given, must be the snapshot's: the guest
+	// keeps the address it has.
+	Net []NetIface
 	// Prefetch populates the snapshot's recorded working set (if it has
 	// one) before the VM runs, instead of faulting each page in.
 	Prefetch bool
@@ -261,6 +267,13 @@ func Restore(dir string, ov RestoreOverrides, opt Options) (*Machine, error) {
 		v.Path = ov.VsockPath
 		cfg.Vsock = &v
 	}
+	if ov.Net != nil {
+		nets, err := overrideNet(cfg.Net, ov.Net)
+		if err != nil {
+			return nil, fmt.Errorf("restore %s: %w", dir, err)
+		}
+		cfg.Net = nets
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", dir, err)
 	}
@@ -292,6 +305,33 @@ func Restore(dir string, ov RestoreOverrides, opt Options) (*Machine, error) {
 		return nil, fmt.Errorf("restore %s: %w", dir, err)
 	}
 	return m, nil
+}
+
+// overrideNet puts the overrides' taps on the snapshot's interfaces.
+func overrideNet(snap, ov []NetIface) ([]NetIface, error) {
+	if len(ov) != len(snap) {
+		return nil, fmt.Errorf("%d network interface overrides for a VM with %d network interfaces", len(ov), len(snap))
+	}
+	out := make([]NetIface, len(snap))
+	for i, o := range ov {
+		out[i] = snap[i]
+		out[i].Tap = o.Tap
+		if o.GuestMAC == "" {
+			continue
+		}
+		want, err := snap[i].MAC(i)
+		if err != nil {
+			return nil, fmt.Errorf("network interface %d: snapshot's %w", i, err)
+		}
+		got, err := o.MAC(i)
+		if err != nil {
+			return nil, fmt.Errorf("network interface %d: %w", i, err)
+		}
+		if !bytes.Equal(got, want) {
+			return nil, fmt.Errorf("network interface %d: guest MAC %v is not the snapshot's %v: the guest keeps the address it has", i, got, want)
+		}
+	}
+	return out, nil
 }
 
 // RecordWorkingSet stores, beside the snapshot in dir that this VM was

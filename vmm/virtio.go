@@ -6,6 +6,7 @@ import (
 
 	"github.com/kindlingvm/kindling/vmm/devices/virtio"
 	"github.com/kindlingvm/kindling/vmm/devices/virtio/blk"
+	"github.com/kindlingvm/kindling/vmm/devices/virtio/netdev"
 	"github.com/kindlingvm/kindling/vmm/devices/virtio/vsock"
 )
 
@@ -28,7 +29,8 @@ type virtioSlot struct {
 	transport *virtio.Transport
 	block     *blk.Block
 	vsock     *vsock.Device
-	closer    io.Closer // the device's backing file or socket
+	net       *netdev.Device
+	closer    io.Closer // the device's backing file, socket or tap
 }
 
 func (d *virtioSlot) close() {
@@ -43,11 +45,7 @@ func (d *virtioSlot) cmdlineArg() string {
 }
 
 func (m *Machine) setupVirtio() error {
-	n := len(m.cfg.Disks)
-	if m.cfg.Vsock != nil {
-		n++
-	}
-	if n > virtioMaxDevice {
+	if n := m.cfg.virtioDevices(); n > virtioMaxDevice {
 		return fmt.Errorf("%d virtio devices, at most %d", n, virtioMaxDevice)
 	}
 	for i, d := range m.cfg.Disks {
@@ -82,6 +80,35 @@ func (m *Machine) setupVirtio() error {
 			return err
 		}
 	}
+	// Network interfaces come after the vsock device, so adding them
+	// moves no other device's window or IRQ: snapshots of VMs without
+	// them restore as before.
+	first := len(m.cfg.Disks)
+	if m.cfg.Vsock != nil {
+		first++
+	}
+	for k, n := range m.cfg.Net {
+		mac, err := n.MAC(k)
+		if err != nil {
+			return fmt.Errorf("network interface %d: %w", k, err)
+		}
+		// The tap is looked up in this thread's network namespace: the
+		// VMM's, which its launcher chose.
+		dev, err := netdev.Open(netdev.Options{Tap: n.Tap, MAC: mac})
+		if err != nil {
+			return fmt.Errorf("network interface %d: %w", k, err)
+		}
+		i := first + k
+		slot := &virtioSlot{name: fmt.Sprintf("virtio-net%d", k), base: VirtioMMIOBase + uint64(i)*virtio.WindowSize,
+			irq: uint32(virtioFirstIRQ + i), net: dev, closer: dev}
+		m.nets = append(m.nets, slot)
+		if slot.transport, err = virtio.NewTransport(m.mem, dev, &irqLine{vm: m.vm, gsi: slot.irq}); err != nil {
+			return fmt.Errorf("network interface %d: %w", k, err)
+		}
+		if err := m.mmio.Insert(slot.name, slot.base, virtio.WindowSize, slot.transport); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -91,5 +118,20 @@ func (m *Machine) virtioSlots() []*virtioSlot {
 	if m.vsock != nil {
 		out = append(out, m.vsock)
 	}
-	return out
+	return append(out, m.nets...)
+}
+
+// pauseNet stops the network devices writing guest memory (frames from
+// their taps wait), so a paused VM's memory and rings hold still for a
+// snapshot; resumeNet lets them go on.
+func (m *Machine) pauseNet() {
+	for _, s := range m.nets {
+		s.net.Pause()
+	}
+}
+
+func (m *Machine) resumeNet() {
+	for _, s := range m.nets {
+		s.net.Resume()
+	}
 }

@@ -17,17 +17,25 @@ import (
 	"github.com/kindlingvm/kindling/vmm/seccomp"
 )
 
-const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--start] [--id NAME] [--seccomp]
-       kindling-vmm --restore DIR --api-sock PATH [--console C] [--disk F]... [--vsock-path P] [--prefetch] [--start] [--seccomp]
+const usage = `usage: kindling-vmm --config FILE --api-sock PATH [--net TAP[,mac=MAC]]... [--start] [--id NAME] [--seccomp]
+       kindling-vmm --restore DIR --api-sock PATH [--console C] [--disk F]... [--vsock-path P] [--net TAP]... [--prefetch] [--start] [--seccomp]
 
 Runs one microVM. The VM is created from the JSON config (kernel, initrd,
-cmdline, memory_mib, vcpus, disks, console), or restored from a snapshot
-directory (its memory mapped copy-on-write, so many VMs can share it), and
-waits for PUT /vm/start on the API socket, unless --start is given. The process exits when the VM
+cmdline, memory_mib, vcpus, disks, vsock, network_interfaces, console), or
+restored from a snapshot directory (its memory mapped copy-on-write, so
+many VMs can share it), and waits for PUT /vm/start on the API socket,
+unless --start is given. The process exits when the VM
 stops and a client has read its exit reason (or --linger has passed):
 status 0 for a guest reset or power-off or a host stop, 1 for a guest
 crash or VMM error, 2 for bad flags or config. With --seccomp, a system
 call outside the VMM's allow-list kills the process with SIGSYS.
+
+A network interface is a virtio-net device on a tap that must exist
+already in this process's network namespace, persistent and owned by its
+uid (ip tuntap add dev TAP mode tap user UID); the VMM attaches to it
+and never creates or configures it. Its guest MAC defaults to
+06:00:ac:10:N:02 for interface N. --net adds one after the config's; with
+--restore it moves the snapshot's next interface to another tap.
 
 API (HTTP/1.1 + JSON; try curl --unix-socket PATH http://vmm/vm):
   GET /vm[?wait=stopped]   state and exit reason
@@ -47,6 +55,8 @@ func main() {
 	var disks diskList
 	fs.Var(&disks, "disk", "with --restore: host `path` of the snapshot's next disk (repeat once per disk, in order; FILE:ro for read-only)")
 	vsockPath := fs.String("vsock-path", "", "with --restore: Unix socket `path` for the snapshot's vsock device, overriding its own")
+	var nets netList
+	fs.Var(&nets, "net", "virtio-net device on the existing tap `TAP[,mac=MAC]` (repeatable): with --config, added after the config's network_interfaces; with --restore, the tap for the snapshot's next interface (repeat once per interface, in order)")
 	sock := fs.String("api-sock", "", "control socket `path`")
 	start := fs.Bool("start", false, "boot at once instead of waiting for PUT /vm/start")
 	id := fs.String("id", "", "VM `name` used in logs")
@@ -67,12 +77,14 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	create := func() (*vmm.Machine, error) {
 		if *restore != "" {
-			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console, Prefetch: *prefetch, Disks: disks, VsockPath: *vsockPath}, vmm.Options{Logger: log, ID: *id})
+			return vmm.Restore(*restore, vmm.RestoreOverrides{Console: *console, Prefetch: *prefetch, Disks: disks, VsockPath: *vsockPath, Net: nets},
+				vmm.Options{Logger: log, ID: *id})
 		}
 		cfg, err := vmm.LoadConfig(*cfgPath)
 		if err != nil {
 			return nil, err
 		}
+		cfg.Net = append(cfg.Net, nets...)
 		return vmm.New(*cfg, vmm.Options{Logger: log, ID: *id})
 	}
 	os.Exit(run(create, *sock, *start, *filter, *linger, log))
@@ -85,6 +97,20 @@ func (d *diskList) String() string { return "" }
 
 func (d *diskList) Set(v string) error {
 	*d = append(*d, vmm.ParseDisk(v))
+	return nil
+}
+
+// netList collects repeated --net TAP[,mac=MAC] flags.
+type netList []vmm.NetIface
+
+func (n *netList) String() string { return "" }
+
+func (n *netList) Set(v string) error {
+	iface, err := vmm.ParseNetIface(v)
+	if err != nil {
+		return err
+	}
+	*n = append(*n, iface)
 	return nil
 }
 

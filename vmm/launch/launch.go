@@ -183,6 +183,13 @@ func Start(ctx context.Context, cfg vmm.Config, opt Options) (*Process, error) {
 		if cfg.Vsock != nil && cfg.Vsock.Path != "" {
 			args = append(args, "--vsock-path", cfg.Vsock.Path)
 		}
+		for _, n := range cfg.Net {
+			v := n.Tap
+			if n.GuestMAC != "" {
+				v += ",mac=" + n.GuestMAC
+			}
+			args = append(args, "--net", v)
+		}
 	}
 	if opt.ID != "" {
 		args = append(args, "--id", opt.ID)

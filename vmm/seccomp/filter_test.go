@@ -74,6 +74,8 @@ func TestVMMFilter(t *testing.T) {
 		{"ioctl request's upper half ignored as the kernel does", x86, unix.SYS_IOCTL, [6]uint64{7, 0xffffffff_0000ae80}, Allow},
 		{"TCGETS", x86, unix.SYS_IOCTL, [6]uint64{0, tcgets}, KillProcess},
 		{"TUNSETIFF", x86, unix.SYS_IOCTL, [6]uint64{7, unix.TUNSETIFF}, KillProcess},
+		{"writev", x86, unix.SYS_WRITEV, [6]uint64{7}, Allow},
+		{"readv", x86, unix.SYS_READV, [6]uint64{7}, KillProcess},
 		{"go thread", x86, unix.SYS_CLONE, [6]uint64{goThread}, Allow},
 		{"glibc thread", x86, unix.SYS_CLONE, [6]uint64{glibcThread}, Allow},
 		{"fork", x86, unix.SYS_CLONE, [6]uint64{uint64(unix.SIGCHLD)}, KillProcess},

@@ -20,9 +20,10 @@ func allow(nr uintptr, name, why string) Rule { return Rule{Nr: nr, Name: name, 
 // VMMRules is kindling-vmm's allow-list from the moment its VM is built
 // (KVM objects, guest memory, devices, the API and vsock listeners) until
 // it exits: running vCPUs, serving the API (status, pause, resume, stop,
-// metrics, snapshot, diff snapshot, working set), virtio-blk and
-// virtio-vsock I/O, and the Go runtime under all of it, with or without
-// cgo. pid is the process's own: signals may go only to its own threads.
+// metrics, snapshot, diff snapshot, working set), virtio-blk,
+// virtio-vsock and virtio-net I/O, and the Go runtime under all of it,
+// with or without cgo. pid is the process's own: signals may go only to
+// its own threads.
 //
 // Derived by tracing (strace -f, every call after the filter's
 // installation point) a boot, pause, resume, full and diff snapshots,
@@ -36,25 +37,32 @@ func allow(nr uintptr, name, why string) Rule { return Rule{Nr: nr, Name: name, 
 // this list with SECCOMP_RET_LOG as the default action, and reading the
 // kernel's log. A few calls nothing traced are allowed for paths too rare
 // to trace (the Go runtime's crash and clock fallbacks, restart_syscall);
-// each says why. The hottest calls come first.
+// each says why. The hottest calls come first. virtio-net's writev was
+// added from its device test, which runs the device's receive, transmit,
+// pause and close under this list (netdev.TestUnderVMMSeccompFilter).
 //
 // Not here, on purpose: anything that makes processes (fork, vfork,
 // execve, clone without CLONE_THREAD), namespaces and mounts (unshare,
 // setns, mount, pivot_root), credentials (set*id, capset), ptrace and
 // process_vm_*, bpf, perf_event_open, keyctl, sockets other than AF_UNIX
 // (no network: bind, listen and the API and vsock sockets are made before
-// the filter), and executable memory (mmap and mprotect with PROT_EXEC).
+// the filter; virtio-net's tap is attached before it too, and needs only
+// read, writev and the poller after), and executable memory (mmap and
+// mprotect with PROT_EXEC).
 func VMMRules(pid int) []Rule {
 	self := ArgEq32(0, uint32(pid))
 	return []Rule{
 		{Nr: unix.SYS_IOCTL, Name: "ioctl", Why: "KVM: KVM_RUN, register and device state, dirty logs, pause/snapshot/restore",
 			Any: [][]Cond{ArgMasked32(1, 0xff00, kvmIOType<<8)}},
 		allow(unix.SYS_FUTEX, "futex", "Go runtime: locks, notes, parking Ms"),
-		allow(unix.SYS_EPOLL_PWAIT, "epoll_pwait", "Go runtime: the network poller (API and vsock sockets)"),
-		allow(unix.SYS_READ, "read", "API and vsock sockets, the poller's eventfd"),
+		allow(unix.SYS_EPOLL_PWAIT, "epoll_pwait", "Go runtime: the network poller (API and vsock sockets, the virtio-net tap)"),
+		allow(unix.SYS_READ, "read", "API and vsock sockets, virtio-net frames from the tap, the poller's eventfd"),
 		allow(unix.SYS_WRITE, "write", "API and vsock sockets, console, logs, snapshot files"),
 		allow(unix.SYS_NANOSLEEP, "nanosleep", "Go runtime: usleep (sysmon, spinning)"),
 		allow(unix.SYS_SCHED_YIELD, "sched_yield", "Go runtime: osyield"),
+		// virtio-net transmit gathers a frame from guest memory into one
+		// write: the tap takes one frame per call, header first.
+		allow(unix.SYS_WRITEV, "writev", "virtio-net: frames to the tap (header and guest buffers gathered)"),
 		allow(unix.SYS_PREAD64, "pread64", "virtio-blk reads; Go runtime: re-reading its cgroup's cpu.max"),
 		allow(unix.SYS_PWRITE64, "pwrite64", "virtio-blk writes, snapshot memory file (WriteAt)"),
 		{Nr: unix.SYS_TGKILL, Name: "tgkill", Why: "kicking vCPU threads out of KVM_RUN (SIGURG); Go runtime: preemption, raise",

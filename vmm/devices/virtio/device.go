@@ -50,8 +50,8 @@ const (
 // context that owns the queue.
 type SignalFunc func(queue int) error
 
-// Device is a virtio device model behind a Transport: virtio-blk today,
-// virtio-net and virtio-vsock later. The transport calls these methods with
+// Device is a virtio device model behind a Transport: virtio-blk,
+// virtio-vsock and virtio-net. The transport calls these methods with
 // its register lock held, except Notify; a device guards its own state. A
 // device must never call back into the Transport from inside these methods
 // other than through the SignalFunc it was given, which only takes the
