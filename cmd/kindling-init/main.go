@@ -27,14 +27,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/agent/guestnet"
 )
 
 const usage = `usage: kindling-init [--task PATH] [--channel vsock:CID:PORT|unix:PATH] [--function NAME]
                      [--runtime-addr ADDR] [--sandbox]
 
 As PID 1 in a microVM it mounts /proc, /sys, /dev and /tmp, brings up
-loopback, runs the task with the Lambda Runtime API on 127.0.0.1:9001, and
-connects to the host (default vsock:2:1024, i.e. the VMM's <uds>_1024).
+loopback and, when the kernel command line has
+kindling.net=ADDR/BITS,gw=GATEWAY[,dns=SERVER]..., the VM's Ethernet
+interface with that address, a default route and /etc/resolv.conf; runs
+the task with the Lambda Runtime API on 127.0.0.1:9001, and connects to
+the host (default vsock:2:1024, i.e. the VMM's <uds>_1024).
 On every connection the host's hello sets the clock and reseeds entropy
 (as PID 1 only). If the agent stops, the VM reboots.
 
@@ -75,6 +79,15 @@ func run(log *slog.Logger, pid1, sandbox bool, task, channel, runtimeAddr, funct
 	if pid1 {
 		if err := setupGuest(); err != nil {
 			return err
+		}
+		cmdline, err := os.ReadFile("/proc/cmdline")
+		if err != nil {
+			return fmt.Errorf("guest set-up: %w", err)
+		}
+		// A task that needs no network still runs without one: a
+		// failure is logged, not fatal (rebooting would only repeat it).
+		if err := guestNetwork(log, string(cmdline), "/etc/resolv.conf"); err != nil {
+			log.Error("guest network not configured; the task has loopback only", "error", err)
 		}
 	}
 	if sandbox {
@@ -162,6 +175,29 @@ func setupGuest() error {
 		}
 	}
 	libinit.NetInit()
+	return nil
+}
+
+// guestNetwork configures the VM's network from kindling.net= in
+// cmdline, if it is there (package guestnet): a VM without it has
+// loopback only. A resolv.conf that cannot be written (a read-only root)
+// is logged and skipped.
+func guestNetwork(log *slog.Logger, cmdline, resolvConf string) error {
+	c, err := guestnet.ParseCmdline(cmdline)
+	if errors.Is(err, guestnet.ErrNoConfig) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	name, err := guestnet.Apply(c)
+	if err != nil {
+		return err
+	}
+	log.Info("guest network up", "interface", name, "address", c.Addr, "gateway", c.Gateway, "dns", c.DNS)
+	if err := guestnet.WriteResolvConf(c, resolvConf); err != nil {
+		log.Warn("name servers not written; lookups will fail", "error", err)
+	}
 	return nil
 }
 

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/agent/guestnet"
+	"github.com/kindlingvm/kindling/internal/testnet"
 	"github.com/kindlingvm/kindling/internal/testtasks"
 )
 
@@ -146,5 +154,53 @@ func TestSandboxBringsLoopbackUp(t *testing.T) {
 	// A loopback already up (the host's) is fine too.
 	if err := loopbackUp(); err != nil {
 		t.Errorf("loopback already up: %v", err)
+	}
+}
+
+// guestNetwork does nothing without kindling.net=, refuses a bad one, and
+// configures the Ethernet interface (a veth standing in for virtio-net's
+// eth0, in a scratch namespace; its peer in another) with the
+// resolv.conf.
+func TestGuestNetwork(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	resolv := filepath.Join(t.TempDir(), "etc", "resolv.conf")
+	if err := guestNetwork(log, "console=ttyS0 quiet\n", resolv); err != nil {
+		t.Errorf("no kindling.net=: %v", err)
+	}
+	if err := guestNetwork(log, "kindling.net=172.16.0.2/30", resolv); err == nil || !strings.Contains(err.Error(), "gw=") {
+		t.Errorf("no gateway: %v", err)
+	}
+	ns, host := testnet.New(t), testnet.New(t)
+	var hostFd int
+	if err := host.Do(func() (err error) {
+		hostFd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(hostFd)
+	c := guestnet.Default(netip.MustParseAddr("192.0.2.53"))
+	err := ns.Do(func() error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "host0", PeerNamespace: netlink.NsFd(hostFd)}); err != nil {
+			return err
+		}
+		if err := guestNetwork(log, "console=ttyS0 "+c.CmdlineArg()+"\n", resolv); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(l, unix.AF_INET)
+		if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != guestnet.Addr.String() || l.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("eth0: %v %v, flags %v", addrs, err, l.Attrs().Flags)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(resolv); err != nil || !strings.Contains(string(b), "nameserver 192.0.2.53\n") {
+		t.Errorf("resolv.conf: %q %v", b, err)
 	}
 }

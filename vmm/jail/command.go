@@ -20,7 +20,8 @@ const JailerName = "kindling-jailer"
 // the last line of its stderr and in Dir/jail-status.
 const ExitSetupFailed = 125
 
-// Cloneflags are the namespaces a jail gets.
+// Cloneflags are the namespaces a jail gets. With Spec.NetNS the jailer
+// starts without CLONE_NEWNET and joins that namespace instead.
 const Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 
 // ErrLeftover means a jail directory was used before: a crash left it, or
@@ -52,6 +53,13 @@ func Command(jailerBinary string, s Spec) (*exec.Cmd, error) {
 			return nil, fmt.Errorf("jail %s: %w", s.ID, err)
 		}
 	}
+	cloneflags := uintptr(Cloneflags)
+	if s.NetNS != "" {
+		if err := checkNetNS(s.NetNS); err != nil {
+			return nil, fmt.Errorf("jail %s: %w", s.ID, err)
+		}
+		cloneflags &^= syscall.CLONE_NEWNET
+	}
 	b, err := json.Marshal(s)
 	if err != nil {
 		return nil, err
@@ -66,7 +74,7 @@ func Command(jailerBinary string, s Spec) (*exec.Cmd, error) {
 	}
 	cmd := exec.Command(jailerBinary, "--spec", spec, "--outer-mount-ns", outer)
 	cmd.Env = []string{} // the jailer needs none; the program gets Spec.Env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: Cloneflags}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: cloneflags}
 	return cmd, nil
 }
 

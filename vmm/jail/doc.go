@@ -1,12 +1,14 @@
 // Package jail confines one program, in practice one kindling-vmm, the
 // way Firecracker's jailer does: new mount, PID, network, IPC and UTS
-// namespaces; a root of its own that holds only the files it was given
-// (bind-mounted read-only), the device nodes it needs (made with mknod,
-// owned by it) and a writable /run and /tmp; an optional cgroup v2 with
-// memory, CPU and PID limits; a uid and gid of its own with no
-// supplementary groups and no capabilities; and no_new_privs. A guest that
-// escapes its VMM lands in an empty directory, with no privileges, no
-// network and no other process in sight.
+// namespaces (for the network, one the caller made for it instead when
+// Spec.NetNS says so: where the VMM finds its tap); a root of its own
+// that holds only the files it was given (bind-mounted read-only), the
+// device nodes it needs (made with mknod, owned by it) and a writable
+// /run and /tmp; an optional cgroup v2 with memory, CPU and PID limits; a
+// uid and gid of its own with no supplementary groups and no
+// capabilities; and no_new_privs. A guest that escapes its VMM lands in
+// an empty directory, with no privileges, no network beyond its
+// sandbox's namespace and no other process in sight.
 //
 // The work is split in two. Command, in the caller (kindlingd), checks a
 // Spec, writes it into the jail directory and returns the command that

@@ -42,6 +42,8 @@ type probeReport struct {
 	DeviceOpen      map[string]string
 	Env             []string
 	Args            []string
+	NetNS           string
+	TapAttach       string
 }
 
 func devNumber(t *testing.T, path string) string {
@@ -121,6 +123,7 @@ func TestJailFromInside(t *testing.T) {
 			if len(rep.Interfaces) == 1 {
 				check("interface", rep.Interfaces[0].Name+" up="+strconv.FormatBool(rep.Interfaces[0].Up), "lo up=false")
 			}
+			check("tap0", rep.TapAttach, "no tap0")
 			check("hostname", rep.Hostname, s.ID)
 			check("descriptors", rep.FDs, []int{0, 1, 2})
 			if rep.RootWrite == "" || rep.BindWrite == "" {

@@ -107,6 +107,14 @@ func (j *jailer) run(specPath, outerMountNS string) error {
 	if err := checkNamespaces(outerMountNS); err != nil {
 		return err
 	}
+	if s.NetNS != "" {
+		// Before the pivot, while the host's path is reachable; on this
+		// locked thread, the one that execs.
+		j.step = "network namespace"
+		if err := joinNetNS(s.NetNS); err != nil {
+			return err
+		}
+	}
 	if s.Cgroup != nil {
 		j.step = "cgroup"
 		if err := joinCgroup(s.Cgroup, s.ID, s.Dir); err != nil {

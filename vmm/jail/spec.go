@@ -30,8 +30,14 @@ type Spec struct {
 	ReadOnly []Bind `json:"read_only,omitempty"`
 	// Devices are device nodes, such as "/dev/kvm" and "/dev/net/tun",
 	// made inside at the same path with the host node's type and number,
-	// owned by UID/GID, mode 0600.
+	// owned by UID/GID, mode 0600. A VMM that attaches to a tap in NetNS
+	// needs "/dev/net/tun".
 	Devices []string `json:"devices,omitempty"`
+	// NetNS, when set, is a network namespace file (a bind mount of a
+	// /proc/PID/ns/net, as package hostnet makes one per sandbox) that
+	// the jail joins instead of a new, empty network namespace: where
+	// the VMM finds its tap. It must not be the caller's own namespace.
+	NetNS string `json:"net_ns,omitempty"`
 	// Proc mounts a procfs of the jail's own PID namespace, read-only and
 	// limited to the process directories (subset=pid), at /proc: the
 	// program sees itself and nothing else. kindling-vmm needs it only
@@ -129,6 +135,9 @@ func (s *Spec) Validate() error {
 	}
 	if len(s.Argv) == 0 || !filepath.IsAbs(s.Argv[0]) {
 		return specErr("Argv %q: want the program's absolute path inside the jail first", s.Argv)
+	}
+	if s.NetNS != "" && (!filepath.IsAbs(s.NetNS) || filepath.Clean(s.NetNS) != s.NetNS) {
+		return specErr("NetNS %q: want an absolute, clean path to a network namespace file", s.NetNS)
 	}
 	targets := map[string]string{}
 	claim := func(p, what string) error {

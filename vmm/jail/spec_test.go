@@ -56,6 +56,8 @@ func TestSpecValidate(t *testing.T) {
 		{"nested binds", func(s *Spec) { s.ReadOnly[1].Target = "/kindling-vmm/x" }, "overlaps"},
 		{"same target twice", func(s *Spec) { s.ReadOnly[1].Target = "/kindling-vmm" }, "overlaps"},
 		{"device outside /dev", func(s *Spec) { s.Devices = []string{"/kvm"} }, "device"},
+		{"relative NetNS", func(s *Spec) { s.NetNS = "sandboxes/vm-1/netns" }, "NetNS"},
+		{"unclean NetNS", func(s *Spec) { s.NetNS = "/run/../netns" }, "NetNS"},
 		{"device /dev itself", func(s *Spec) { s.Devices = []string{"/dev"} }, "device"},
 		{"bind over a device", func(s *Spec) { s.ReadOnly[1].Target = "/dev" }, "overlaps"},
 		{"relative cgroup parent", func(s *Spec) { s.Cgroup.Parent = "kindling" }, "cgroup parent"},

@@ -44,6 +44,8 @@ type Report struct {
 	DeviceOpen           map[string]string // "" or the error opening it read-write
 	Env                  []string
 	Args                 []string
+	NetNS                string // /proc/self/ns/net's target; "" without /proc
+	TapAttach            string // "" or the error attaching to tap0 as a VMM does; "no tap0" without one
 }
 
 // Iface is a network interface.
@@ -120,6 +122,8 @@ func main() {
 			}
 		}
 	}
+	r.NetNS, _ = os.Readlink("/proc/self/ns/net")
+	r.TapAttach = tapAttach("tap0")
 	r.NoNewPrivsPrctl, _ = unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
 	var uts unix.Utsname
 	if unix.Uname(&uts) == nil {
@@ -147,4 +151,23 @@ func main() {
 	if err := json.NewEncoder(os.Stdout).Encode(r); err != nil {
 		os.Exit(1)
 	}
+}
+
+// tapAttach attaches to the tap called name as kindling-vmm does:
+// TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR on /dev/net/tun.
+func tapAttach(name string) string {
+	if _, err := net.InterfaceByName(name); err != nil {
+		return "no " + name
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err.Error()
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err.Error()
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	return errString(unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr))
 }
