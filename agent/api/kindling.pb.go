@@ -31,6 +31,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// NetworkPolicy is a function's network access. Every sandbox has its own
+// network namespace either way.
+type NetworkPolicy int32
+
+const (
+	// NONE: loopback only (the default).
+	NetworkPolicy_NETWORK_NONE NetworkPolicy = 0
+	// EGRESS: outbound connections through the host's NAT; nothing inbound,
+	// nothing to other sandboxes. A microVM gets a virtio-net device on a tap.
+	NetworkPolicy_NETWORK_EGRESS NetworkPolicy = 1
+)
+
+// Enum value maps for NetworkPolicy.
+var (
+	NetworkPolicy_name = map[int32]string{
+		0: "NETWORK_NONE",
+		1: "NETWORK_EGRESS",
+	}
+	NetworkPolicy_value = map[string]int32{
+		"NETWORK_NONE":   0,
+		"NETWORK_EGRESS": 1,
+	}
+)
+
+func (x NetworkPolicy) Enum() *NetworkPolicy {
+	p := new(NetworkPolicy)
+	*p = x
+	return p
+}
+
+func (x NetworkPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NetworkPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_kindling_proto_enumTypes[0].Descriptor()
+}
+
+func (NetworkPolicy) Type() protoreflect.EnumType {
+	return &file_kindling_proto_enumTypes[0]
+}
+
+func (x NetworkPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NetworkPolicy.Descriptor instead.
+func (NetworkPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_kindling_proto_rawDescGZIP(), []int{0}
+}
+
 type InvocationState int32
 
 const (
@@ -70,11 +121,11 @@ func (x InvocationState) String() string {
 }
 
 func (InvocationState) Descriptor() protoreflect.EnumDescriptor {
-	return file_kindling_proto_enumTypes[0].Descriptor()
+	return file_kindling_proto_enumTypes[1].Descriptor()
 }
 
 func (InvocationState) Type() protoreflect.EnumType {
-	return &file_kindling_proto_enumTypes[0]
+	return &file_kindling_proto_enumTypes[1]
 }
 
 func (x InvocationState) Number() protoreflect.EnumNumber {
@@ -83,7 +134,7 @@ func (x InvocationState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use InvocationState.Descriptor instead.
 func (InvocationState) EnumDescriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{0}
+	return file_kindling_proto_rawDescGZIP(), []int{1}
 }
 
 type StartKind int32
@@ -122,11 +173,11 @@ func (x StartKind) String() string {
 }
 
 func (StartKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_kindling_proto_enumTypes[1].Descriptor()
+	return file_kindling_proto_enumTypes[2].Descriptor()
 }
 
 func (StartKind) Type() protoreflect.EnumType {
-	return &file_kindling_proto_enumTypes[1]
+	return &file_kindling_proto_enumTypes[2]
 }
 
 func (x StartKind) Number() protoreflect.EnumNumber {
@@ -135,7 +186,7 @@ func (x StartKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StartKind.Descriptor instead.
 func (StartKind) EnumDescriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{1}
+	return file_kindling_proto_rawDescGZIP(), []int{2}
 }
 
 type InstanceState int32
@@ -179,11 +230,11 @@ func (x InstanceState) String() string {
 }
 
 func (InstanceState) Descriptor() protoreflect.EnumDescriptor {
-	return file_kindling_proto_enumTypes[2].Descriptor()
+	return file_kindling_proto_enumTypes[3].Descriptor()
 }
 
 func (InstanceState) Type() protoreflect.EnumType {
-	return &file_kindling_proto_enumTypes[2]
+	return &file_kindling_proto_enumTypes[3]
 }
 
 func (x InstanceState) Number() protoreflect.EnumNumber {
@@ -192,7 +243,7 @@ func (x InstanceState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use InstanceState.Descriptor instead.
 func (InstanceState) EnumDescriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{2}
+	return file_kindling_proto_rawDescGZIP(), []int{3}
 }
 
 // ImageRef names an image built by `kindling image build`, by path on this
@@ -284,8 +335,10 @@ type FunctionSpec struct {
 	// warmup_payloads run in every new instance before it serves, and
 	// before a warm snapshot is cut.
 	WarmupPayloads [][]byte `protobuf:"bytes,14,rep,name=warmup_payloads,json=warmupPayloads,proto3" json:"warmup_payloads,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// network: what the function's sandboxes may reach; default NONE.
+	Network       NetworkPolicy `protobuf:"varint,15,opt,name=network,proto3,enum=kindling.v1.NetworkPolicy" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FunctionSpec) Reset() {
@@ -414,6 +467,13 @@ func (x *FunctionSpec) GetWarmupPayloads() [][]byte {
 		return x.WarmupPayloads
 	}
 	return nil
+}
+
+func (x *FunctionSpec) GetNetwork() NetworkPolicy {
+	if x != nil {
+		return x.Network
+	}
+	return NetworkPolicy_NETWORK_NONE
 }
 
 type Function struct {
@@ -1918,7 +1978,7 @@ const file_kindling_proto_rawDesc = "" +
 	"\x0ekindling.proto\x12\vkindling.v1\"G\n" +
 	"\bImageRef\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12'\n" +
-	"\x0fmanifest_sha256\x18\x02 \x01(\tR\x0emanifestSha256\"\xbc\x04\n" +
+	"\x0fmanifest_sha256\x18\x02 \x01(\tR\x0emanifestSha256\"\xf2\x04\n" +
 	"\fFunctionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12+\n" +
@@ -1937,7 +1997,8 @@ const file_kindling_proto_rawDesc = "" +
 	"\rkeep_alive_ms\x18\f \x01(\rR\vkeepAliveMs\x12\x1f\n" +
 	"\vqueue_limit\x18\r \x01(\rR\n" +
 	"queueLimit\x12'\n" +
-	"\x0fwarmup_payloads\x18\x0e \x03(\fR\x0ewarmupPayloads\x1a>\n" +
+	"\x0fwarmup_payloads\x18\x0e \x03(\fR\x0ewarmupPayloads\x124\n" +
+	"\anetwork\x18\x0f \x01(\x0e2\x1a.kindling.v1.NetworkPolicyR\anetwork\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
@@ -2059,7 +2120,10 @@ const file_kindling_proto_rawDesc = "" +
 	"\n" +
 	"go_version\x18\x0e \x01(\tR\tgoVersion\x12%\n" +
 	"\x0ekernel_version\x18\x0f \x01(\tR\rkernelVersion\x12\x1b\n" +
-	"\tstate_dir\x18\x10 \x01(\tR\bstateDir*i\n" +
+	"\tstate_dir\x18\x10 \x01(\tR\bstateDir*5\n" +
+	"\rNetworkPolicy\x12\x10\n" +
+	"\fNETWORK_NONE\x10\x00\x12\x12\n" +
+	"\x0eNETWORK_EGRESS\x10\x01*i\n" +
 	"\x0fInvocationState\x12 \n" +
 	"\x1cINVOCATION_STATE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bACCEPTED\x10\x01\x12\v\n" +
@@ -2102,76 +2166,78 @@ func file_kindling_proto_rawDescGZIP() []byte {
 	return file_kindling_proto_rawDescData
 }
 
-var file_kindling_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_kindling_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_kindling_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_kindling_proto_goTypes = []any{
-	(InvocationState)(0),            // 0: kindling.v1.InvocationState
-	(StartKind)(0),                  // 1: kindling.v1.StartKind
-	(InstanceState)(0),              // 2: kindling.v1.InstanceState
-	(*ImageRef)(nil),                // 3: kindling.v1.ImageRef
-	(*FunctionSpec)(nil),            // 4: kindling.v1.FunctionSpec
-	(*Function)(nil),                // 5: kindling.v1.Function
-	(*RegisterFunctionRequest)(nil), // 6: kindling.v1.RegisterFunctionRequest
-	(*DeleteFunctionRequest)(nil),   // 7: kindling.v1.DeleteFunctionRequest
-	(*DeleteFunctionResponse)(nil),  // 8: kindling.v1.DeleteFunctionResponse
-	(*ListFunctionsRequest)(nil),    // 9: kindling.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil),   // 10: kindling.v1.ListFunctionsResponse
-	(*InvokeRequest)(nil),           // 11: kindling.v1.InvokeRequest
-	(*InvokeEvent)(nil),             // 12: kindling.v1.InvokeEvent
-	(*LogLine)(nil),                 // 13: kindling.v1.LogLine
-	(*Phases)(nil),                  // 14: kindling.v1.Phases
-	(*Invocation)(nil),              // 15: kindling.v1.Invocation
-	(*InvokeAsyncResponse)(nil),     // 16: kindling.v1.InvokeAsyncResponse
-	(*GetInvocationRequest)(nil),    // 17: kindling.v1.GetInvocationRequest
-	(*PrewarmRequest)(nil),          // 18: kindling.v1.PrewarmRequest
-	(*PrewarmResponse)(nil),         // 19: kindling.v1.PrewarmResponse
-	(*Instance)(nil),                // 20: kindling.v1.Instance
-	(*ListInstancesRequest)(nil),    // 21: kindling.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),   // 22: kindling.v1.ListInstancesResponse
-	(*HostStatusRequest)(nil),       // 23: kindling.v1.HostStatusRequest
-	(*KVMStatus)(nil),               // 24: kindling.v1.KVMStatus
-	(*HostStatusResponse)(nil),      // 25: kindling.v1.HostStatusResponse
-	nil,                             // 26: kindling.v1.FunctionSpec.EnvironmentEntry
+	(NetworkPolicy)(0),              // 0: kindling.v1.NetworkPolicy
+	(InvocationState)(0),            // 1: kindling.v1.InvocationState
+	(StartKind)(0),                  // 2: kindling.v1.StartKind
+	(InstanceState)(0),              // 3: kindling.v1.InstanceState
+	(*ImageRef)(nil),                // 4: kindling.v1.ImageRef
+	(*FunctionSpec)(nil),            // 5: kindling.v1.FunctionSpec
+	(*Function)(nil),                // 6: kindling.v1.Function
+	(*RegisterFunctionRequest)(nil), // 7: kindling.v1.RegisterFunctionRequest
+	(*DeleteFunctionRequest)(nil),   // 8: kindling.v1.DeleteFunctionRequest
+	(*DeleteFunctionResponse)(nil),  // 9: kindling.v1.DeleteFunctionResponse
+	(*ListFunctionsRequest)(nil),    // 10: kindling.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil),   // 11: kindling.v1.ListFunctionsResponse
+	(*InvokeRequest)(nil),           // 12: kindling.v1.InvokeRequest
+	(*InvokeEvent)(nil),             // 13: kindling.v1.InvokeEvent
+	(*LogLine)(nil),                 // 14: kindling.v1.LogLine
+	(*Phases)(nil),                  // 15: kindling.v1.Phases
+	(*Invocation)(nil),              // 16: kindling.v1.Invocation
+	(*InvokeAsyncResponse)(nil),     // 17: kindling.v1.InvokeAsyncResponse
+	(*GetInvocationRequest)(nil),    // 18: kindling.v1.GetInvocationRequest
+	(*PrewarmRequest)(nil),          // 19: kindling.v1.PrewarmRequest
+	(*PrewarmResponse)(nil),         // 20: kindling.v1.PrewarmResponse
+	(*Instance)(nil),                // 21: kindling.v1.Instance
+	(*ListInstancesRequest)(nil),    // 22: kindling.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),   // 23: kindling.v1.ListInstancesResponse
+	(*HostStatusRequest)(nil),       // 24: kindling.v1.HostStatusRequest
+	(*KVMStatus)(nil),               // 25: kindling.v1.KVMStatus
+	(*HostStatusResponse)(nil),      // 26: kindling.v1.HostStatusResponse
+	nil,                             // 27: kindling.v1.FunctionSpec.EnvironmentEntry
 }
 var file_kindling_proto_depIdxs = []int32{
-	3,  // 0: kindling.v1.FunctionSpec.image:type_name -> kindling.v1.ImageRef
-	26, // 1: kindling.v1.FunctionSpec.environment:type_name -> kindling.v1.FunctionSpec.EnvironmentEntry
-	4,  // 2: kindling.v1.Function.spec:type_name -> kindling.v1.FunctionSpec
-	4,  // 3: kindling.v1.RegisterFunctionRequest.function:type_name -> kindling.v1.FunctionSpec
-	5,  // 4: kindling.v1.ListFunctionsResponse.functions:type_name -> kindling.v1.Function
-	13, // 5: kindling.v1.InvokeEvent.log:type_name -> kindling.v1.LogLine
-	15, // 6: kindling.v1.InvokeEvent.result:type_name -> kindling.v1.Invocation
-	0,  // 7: kindling.v1.Invocation.state:type_name -> kindling.v1.InvocationState
-	1,  // 8: kindling.v1.Invocation.start:type_name -> kindling.v1.StartKind
-	14, // 9: kindling.v1.Invocation.phases:type_name -> kindling.v1.Phases
-	20, // 10: kindling.v1.PrewarmResponse.instances:type_name -> kindling.v1.Instance
-	2,  // 11: kindling.v1.Instance.state:type_name -> kindling.v1.InstanceState
-	1,  // 12: kindling.v1.Instance.started_as:type_name -> kindling.v1.StartKind
-	20, // 13: kindling.v1.ListInstancesResponse.instances:type_name -> kindling.v1.Instance
-	24, // 14: kindling.v1.HostStatusResponse.kvm:type_name -> kindling.v1.KVMStatus
-	6,  // 15: kindling.v1.Kindling.RegisterFunction:input_type -> kindling.v1.RegisterFunctionRequest
-	7,  // 16: kindling.v1.Kindling.DeleteFunction:input_type -> kindling.v1.DeleteFunctionRequest
-	9,  // 17: kindling.v1.Kindling.ListFunctions:input_type -> kindling.v1.ListFunctionsRequest
-	11, // 18: kindling.v1.Kindling.Invoke:input_type -> kindling.v1.InvokeRequest
-	11, // 19: kindling.v1.Kindling.InvokeAsync:input_type -> kindling.v1.InvokeRequest
-	17, // 20: kindling.v1.Kindling.GetInvocation:input_type -> kindling.v1.GetInvocationRequest
-	18, // 21: kindling.v1.Kindling.Prewarm:input_type -> kindling.v1.PrewarmRequest
-	21, // 22: kindling.v1.Kindling.ListInstances:input_type -> kindling.v1.ListInstancesRequest
-	23, // 23: kindling.v1.Kindling.HostStatus:input_type -> kindling.v1.HostStatusRequest
-	5,  // 24: kindling.v1.Kindling.RegisterFunction:output_type -> kindling.v1.Function
-	8,  // 25: kindling.v1.Kindling.DeleteFunction:output_type -> kindling.v1.DeleteFunctionResponse
-	10, // 26: kindling.v1.Kindling.ListFunctions:output_type -> kindling.v1.ListFunctionsResponse
-	12, // 27: kindling.v1.Kindling.Invoke:output_type -> kindling.v1.InvokeEvent
-	16, // 28: kindling.v1.Kindling.InvokeAsync:output_type -> kindling.v1.InvokeAsyncResponse
-	15, // 29: kindling.v1.Kindling.GetInvocation:output_type -> kindling.v1.Invocation
-	19, // 30: kindling.v1.Kindling.Prewarm:output_type -> kindling.v1.PrewarmResponse
-	22, // 31: kindling.v1.Kindling.ListInstances:output_type -> kindling.v1.ListInstancesResponse
-	25, // 32: kindling.v1.Kindling.HostStatus:output_type -> kindling.v1.HostStatusResponse
-	24, // [24:33] is the sub-list for method output_type
-	15, // [15:24] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	4,  // 0: kindling.v1.FunctionSpec.image:type_name -> kindling.v1.ImageRef
+	27, // 1: kindling.v1.FunctionSpec.environment:type_name -> kindling.v1.FunctionSpec.EnvironmentEntry
+	0,  // 2: kindling.v1.FunctionSpec.network:type_name -> kindling.v1.NetworkPolicy
+	5,  // 3: kindling.v1.Function.spec:type_name -> kindling.v1.FunctionSpec
+	5,  // 4: kindling.v1.RegisterFunctionRequest.function:type_name -> kindling.v1.FunctionSpec
+	6,  // 5: kindling.v1.ListFunctionsResponse.functions:type_name -> kindling.v1.Function
+	14, // 6: kindling.v1.InvokeEvent.log:type_name -> kindling.v1.LogLine
+	16, // 7: kindling.v1.InvokeEvent.result:type_name -> kindling.v1.Invocation
+	1,  // 8: kindling.v1.Invocation.state:type_name -> kindling.v1.InvocationState
+	2,  // 9: kindling.v1.Invocation.start:type_name -> kindling.v1.StartKind
+	15, // 10: kindling.v1.Invocation.phases:type_name -> kindling.v1.Phases
+	21, // 11: kindling.v1.PrewarmResponse.instances:type_name -> kindling.v1.Instance
+	3,  // 12: kindling.v1.Instance.state:type_name -> kindling.v1.InstanceState
+	2,  // 13: kindling.v1.Instance.started_as:type_name -> kindling.v1.StartKind
+	21, // 14: kindling.v1.ListInstancesResponse.instances:type_name -> kindling.v1.Instance
+	25, // 15: kindling.v1.HostStatusResponse.kvm:type_name -> kindling.v1.KVMStatus
+	7,  // 16: kindling.v1.Kindling.RegisterFunction:input_type -> kindling.v1.RegisterFunctionRequest
+	8,  // 17: kindling.v1.Kindling.DeleteFunction:input_type -> kindling.v1.DeleteFunctionRequest
+	10, // 18: kindling.v1.Kindling.ListFunctions:input_type -> kindling.v1.ListFunctionsRequest
+	12, // 19: kindling.v1.Kindling.Invoke:input_type -> kindling.v1.InvokeRequest
+	12, // 20: kindling.v1.Kindling.InvokeAsync:input_type -> kindling.v1.InvokeRequest
+	18, // 21: kindling.v1.Kindling.GetInvocation:input_type -> kindling.v1.GetInvocationRequest
+	19, // 22: kindling.v1.Kindling.Prewarm:input_type -> kindling.v1.PrewarmRequest
+	22, // 23: kindling.v1.Kindling.ListInstances:input_type -> kindling.v1.ListInstancesRequest
+	24, // 24: kindling.v1.Kindling.HostStatus:input_type -> kindling.v1.HostStatusRequest
+	6,  // 25: kindling.v1.Kindling.RegisterFunction:output_type -> kindling.v1.Function
+	9,  // 26: kindling.v1.Kindling.DeleteFunction:output_type -> kindling.v1.DeleteFunctionResponse
+	11, // 27: kindling.v1.Kindling.ListFunctions:output_type -> kindling.v1.ListFunctionsResponse
+	13, // 28: kindling.v1.Kindling.Invoke:output_type -> kindling.v1.InvokeEvent
+	17, // 29: kindling.v1.Kindling.InvokeAsync:output_type -> kindling.v1.InvokeAsyncResponse
+	16, // 30: kindling.v1.Kindling.GetInvocation:output_type -> kindling.v1.Invocation
+	20, // 31: kindling.v1.Kindling.Prewarm:output_type -> kindling.v1.PrewarmResponse
+	23, // 32: kindling.v1.Kindling.ListInstances:output_type -> kindling.v1.ListInstancesResponse
+	26, // 33: kindling.v1.Kindling.HostStatus:output_type -> kindling.v1.HostStatusResponse
+	25, // [25:34] is the sub-list for method output_type
+	16, // [16:25] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_kindling_proto_init() }
@@ -2188,7 +2254,7 @@ func file_kindling_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kindling_proto_rawDesc), len(file_kindling_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -3,8 +3,10 @@ package host
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 
+	"github.com/kindlingvm/kindling/agent/hostnet"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
 )
 
@@ -16,7 +18,11 @@ type BackendOptions struct {
 	// NoPrefetch restores microVMs without populating their snapshot's
 	// recorded working set first.
 	NoPrefetch bool
-	Logger     *slog.Logger
+	// Net makes egress sandboxes' networks (nil: none allowed); DNS are
+	// the resolvers microVM guests are told of.
+	Net    *hostnet.Host
+	DNS    []netip.Addr
+	Logger *slog.Logger
 }
 
 // Backends builds both backends for a state directory: new sandboxes use
@@ -24,8 +30,8 @@ type BackendOptions struct {
 // started.
 func Backends(o BackendOptions) map[string]Backend {
 	return map[string]Backend{
-		BackendProcess: NewProcessBackend(ProcessOptions{ImageCache: filepath.Join(o.StateDir, "images"), CgroupParent: o.CgroupParent, Logger: o.Logger}),
-		BackendMicroVM: NewMicroVMBackend(MicroVMOptions{CgroupParent: o.CgroupParent, NoPrefetch: o.NoPrefetch, Logger: o.Logger}),
+		BackendProcess: NewProcessBackend(ProcessOptions{ImageCache: filepath.Join(o.StateDir, "images"), CgroupParent: o.CgroupParent, Net: o.Net, Logger: o.Logger}),
+		BackendMicroVM: NewMicroVMBackend(MicroVMOptions{CgroupParent: o.CgroupParent, NoPrefetch: o.NoPrefetch, Net: o.Net, DNS: o.DNS, Logger: o.Logger}),
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/kindlingvm/kindling/agent/api"
+	"github.com/kindlingvm/kindling/agent/hostnet"
 	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/snapshot"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
@@ -48,6 +49,11 @@ type Config struct {
 	// Retention is how long finished invocations stay retrievable;
 	// default 24 hours.
 	Retention time.Duration
+	// Net makes sandboxes' network namespaces for functions with network
+	// egress (the same Host the backends were given); nil, with
+	// NetReason saying why, refuses such functions.
+	Net       *hostnet.Host
+	NetReason string
 	// StandbyRestores is how many sandboxes per function version with a
 	// warm snapshot are kept restored and unstarted, so that a new
 	// tenant's restore skips launching a VMM; 0 turns them off. Only
@@ -365,7 +371,15 @@ func (d *Daemon) reattach() {
 		}()
 	}
 	wg.Wait()
-	// Directories of sandboxes nobody recorded are leftovers of a crash.
+	// Networks of sandboxes that are gone (a mounted namespace file would
+	// keep their directories), then their directories: leftovers of a
+	// crash, never reused.
+	if d.cfg.Net != nil {
+		removed, err := d.cfg.Net.Sweep(filepath.Join(d.cfg.StateDir, "sandboxes"), func(id string) bool { return d.instances[id] != nil })
+		if len(removed) > 0 || err != nil {
+			d.log.Warn("removed the networks of sandboxes that are gone", "removed", removed, "error", err)
+		}
+	}
 	entries, _ := os.ReadDir(filepath.Join(d.cfg.StateDir, "sandboxes"))
 	for _, e := range entries {
 		if d.instances[e.Name()] == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/agent/guestnet"
+	"github.com/kindlingvm/kindling/agent/hostnet"
 	"github.com/kindlingvm/kindling/snapshot"
 	"github.com/kindlingvm/kindling/vmm"
 	"github.com/kindlingvm/kindling/vmm/api/client"
@@ -89,6 +92,10 @@ type MicroVMOptions struct {
 	// with those controllers is not available, VMMs run without one and
 	// the backend warns once.
 	CgroupParent string
+	// Net makes egress sandboxes' network namespaces and taps; nil
+	// refuses them. DNS are the resolvers their guests are told of.
+	Net *hostnet.Host
+	DNS []netip.Addr
 	// NoPrefetch restores without populating the snapshot's recorded
 	// working set first (each page then faults in when the guest first
 	// touches it).
@@ -318,27 +325,49 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string, 
 	if err := os.MkdirAll(runDir(spec.Dir), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
+	cfg := vmConfig(spec, snapshot != "")
+	var netw *hostnet.Sandbox
+	if spec.Egress {
+		if !jailed {
+			return nil, nil, fmt.Errorf("sandbox %s: network egress needs the jail (its tap lives in the jail's network namespace)", spec.ID)
+		}
+		var err error
+		if netw, err = setupNet(b.opts.Net, spec, js.UID, js.GID); err != nil {
+			return nil, nil, err
+		}
+		js.NetNS = netw.NetNSPath()
+		js.Devices = append(js.Devices, "/dev/net/tun")
+		if snapshot == "" {
+			// A snapshot keeps both: every sandbox's namespace has the
+			// same tap name and guest addressing.
+			cfg.Net = []vmm.NetIface{{Tap: hostnet.TapName, GuestMAC: guestnet.MAC.String()}}
+			cfg.Cmdline = strings.TrimSpace(cfg.Cmdline + " " + guestnet.Default(b.opts.DNS...).CmdlineArg())
+		}
+	}
 	ch := agentChannel(spec.Dir)
 	ln, err := listenAgent(ch)
 	if err != nil {
+		closeNet(netw, b.log)
 		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
 	if jailed {
 		// The jailed VMM connects to it for the guest's connections.
 		if err := os.Chown(ch, js.UID, js.GID); err != nil {
 			ln.Close()
+			closeNet(netw, b.log)
 			return nil, nil, fmt.Errorf("sandbox %s: agent socket: %w", spec.ID, err)
 		}
 	}
 	t0 := time.Now()
-	p, err := launch.Start(ctx, vmConfig(spec, snapshot != ""), launch.Options{Binary: b.opts.VMM, Dir: spec.Dir, ID: spec.ID,
+	p, err := launch.Start(ctx, cfg, launch.Options{Binary: b.opts.VMM, Dir: spec.Dir, ID: spec.ID,
 		Start: run, Restore: snapshot, Prefetch: snapshot != "" && !b.opts.NoPrefetch, Detach: true, Seccomp: jailed, Jail: js, Jailer: b.opts.Jailer})
 	if err != nil {
 		ln.Close()
+		closeNet(netw, b.log)
 		return nil, nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
 	pid := p.Cmd.Process.Pid
-	sb := &microVMSandbox{id: spec.ID, dir: spec.Dir, jailed: jailed, api: p.Client, proc: p, end: newProcEnd(), log: b.log.With("sandbox", spec.ID)}
+	sb := &microVMSandbox{id: spec.ID, dir: spec.Dir, jailed: jailed, api: p.Client, proc: p, net: netw, end: newProcEnd(), log: b.log.With("sandbox", spec.ID)}
 	sb.watchExit(p.Exited(), func() string { return seccomp.Describe(p.Cmd.ProcessState) })
 	start, err := procStartTime(pid)
 	if err != nil {
@@ -346,6 +375,9 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string, 
 		return nil, nil, fmt.Errorf("sandbox %s: kindling-vmm ended at once: %v%s", spec.ID, err, logTail(filepath.Join(spec.Dir, launch.DetachedStderr)))
 	}
 	sb.rec = Record{ID: spec.ID, Backend: BackendMicroVM, PID: pid, StartTime: start, Dir: spec.Dir, Channel: ch, APISock: p.Sock}
+	if netw != nil {
+		sb.rec.Network = string(hostnet.Egress)
+	}
 	tLaunched := time.Now()
 	sb.link = newAgentLink(spec.ID, sb.log, ln, sb.end)
 	if !run {
@@ -387,6 +419,10 @@ func (b *MicroVMBackend) Reattach(ctx context.Context, rec Record) (Sandbox, err
 		sb.abort()
 		return nil, fmt.Errorf("sandbox %s: reattach: %w; stopped it", rec.ID, err)
 	}
+	var err2 error
+	if sb.net, err2 = reattachNet(b.opts.Net, rec); err2 != nil {
+		return fail(err2)
+	}
 	sctx, cancel := context.WithTimeout(ctx, agentReconnectWait)
 	st, err := sb.api.Status(sctx)
 	cancel()
@@ -426,6 +462,7 @@ type microVMSandbox struct {
 	end    *procEnd
 	gone   <-chan struct{} // closed when the VMM process has ended
 	link   *agentLink
+	net    *hostnet.Sandbox // nil without egress
 
 	stopWatch context.CancelFunc // ends the long poll for the VM's stop
 	stopOnce  sync.Once
@@ -641,6 +678,7 @@ func (s *microVMSandbox) terminate(ctx context.Context) error {
 	}
 	select {
 	case <-s.end.done: // after the process's end, with the reason
+		closeNet(s.net, s.log)
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("sandbox %s: waiting for VMM %d to end: %w", s.id, s.rec.PID, ctx.Err()))
 	}

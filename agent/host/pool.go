@@ -438,7 +438,8 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 // made.
 func (d *Daemon) sandboxSpec(fn *function, id string) (Spec, error) {
 	spec := Spec{ID: id, Dir: filepath.Join(d.cfg.StateDir, "sandboxes", id), Image: fn.spec.Image.Path, Manifest: fn.manifest,
-		Function: fn.key.name, Env: fn.env(), MemoryMiB: int(fn.spec.MemoryMib), VCPUs: int(fn.spec.Vcpus), CPUTemplate: fn.template}
+		Function: fn.key.name, Env: fn.env(), MemoryMiB: int(fn.spec.MemoryMib), VCPUs: int(fn.spec.Vcpus), CPUTemplate: fn.template,
+		Egress: fn.spec.Network == api.NetworkPolicy_NETWORK_EGRESS}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return spec, fmt.Errorf("instance %s: %w", id, err)
 	}

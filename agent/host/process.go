@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kindlingvm/kindling/agent/guest"
+	"github.com/kindlingvm/kindling/agent/hostnet"
 	"github.com/kindlingvm/kindling/rootfs"
 )
 
@@ -66,7 +67,9 @@ type ProcessOptions struct {
 	// cgroup v2 is not mounted at /sys/fs/cgroup or not writable, sandboxes
 	// run without limits and a warning is logged once.
 	CgroupParent string
-	Logger       *slog.Logger
+	// Net makes egress sandboxes' network namespaces; nil refuses them.
+	Net    *hostnet.Host
+	Logger *slog.Logger
 
 	// cgroupRoot overrides /sys/fs/cgroup, for tests.
 	cgroupRoot string
@@ -210,7 +213,17 @@ func (b *ProcessBackend) Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 	if cgFD >= 0 {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgFD
 	}
-	err = cmd.Start()
+	var netw *hostnet.Sandbox
+	if spec.Egress {
+		// Its namespace is hostnet's (a veth, an address, the default
+		// route), joined rather than made empty.
+		if netw, err = setupNet(b.opts.Net, spec, 0, 0); err == nil {
+			cmd.SysProcAttr.Cloneflags &^= unix.CLONE_NEWNET
+			err = startInNetNS(netw.NetNSPath(), cmd)
+		}
+	} else {
+		err = cmd.Start()
+	}
 	logf.Close()
 	if cgFD >= 0 {
 		unix.Close(cgFD)
@@ -218,10 +231,11 @@ func (b *ProcessBackend) Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 	if err != nil {
 		ln.Close()
 		removeCgroup(cg)
+		closeNet(netw, b.log)
 		return nil, fmt.Errorf("sandbox %s: start %s: %w", spec.ID, cmd.Path, err)
 	}
 	pid := cmd.Process.Pid
-	sb := &processSandbox{b: b, id: spec.ID, dir: spec.Dir, cgroup: cg, end: newProcEnd(), log: b.log.With("sandbox", spec.ID)}
+	sb := &processSandbox{b: b, id: spec.ID, dir: spec.Dir, cgroup: cg, net: netw, end: newProcEnd(), log: b.log.With("sandbox", spec.ID)}
 	go func() {
 		cmd.Wait()
 		sb.end.set(describeWait(cmd.ProcessState))
@@ -233,6 +247,9 @@ func (b *ProcessBackend) Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 		return nil, fmt.Errorf("sandbox %s: kindling-init ended at once: %v%s", spec.ID, err, logTail(logPath))
 	}
 	sb.rec = Record{ID: spec.ID, Backend: BackendProcess, PID: pid, StartTime: start, Dir: spec.Dir, Channel: sock}
+	if netw != nil {
+		sb.rec.Network = string(hostnet.Egress)
+	}
 	sb.link = newAgentLink(spec.ID, sb.log, ln, sb.end)
 	c, err := sb.link.connected(ctx, 0)
 	if err == nil {
@@ -266,6 +283,10 @@ func (b *ProcessBackend) Reattach(ctx context.Context, rec Record) (Sandbox, err
 		}
 	}
 	sb.kill = func(sig unix.Signal) error { return killGroup(rec.PID, sig, w) }
+	if sb.net, err = reattachNet(b.opts.Net, rec); err != nil {
+		sb.abort()
+		return nil, fmt.Errorf("sandbox %s: %w", rec.ID, err)
+	}
 	ln, err := listenAgent(rec.Channel)
 	if err != nil {
 		sb.abort()
@@ -312,7 +333,8 @@ type processSandbox struct {
 	id     string
 	dir    string
 	rec    Record
-	cgroup string // "" without one
+	cgroup string           // "" without one
+	net    *hostnet.Sandbox // nil without egress
 	log    *slog.Logger
 	end    *procEnd
 	watch  *pidWatch // for a reattached sandbox; nil for our own child
@@ -371,6 +393,11 @@ func (s *processSandbox) terminate(ctx context.Context) error {
 	}
 	if s.watch != nil {
 		s.watch.close()
+	}
+	select {
+	case <-s.end.done:
+		closeNet(s.net, s.log)
+	default:
 	}
 	if s.cgroup != "" {
 		if err := removeCgroupWait(ctx, s.cgroup); err != nil {

@@ -33,6 +33,9 @@ type Spec struct {
 	MemoryMiB   int
 	VCPUs       int
 	CPUTemplate *cpuid.Template
+	// Egress gives the sandbox outbound network access through the host's
+	// NAT (agent/hostnet); without it the sandbox has loopback only.
+	Egress bool
 }
 
 // Record is what kindlingd stores about a live sandbox so that a restarted
@@ -51,6 +54,8 @@ type Record struct {
 	Channel string `json:"channel"`
 	// APISock is the VMM's control socket (microVM backend only).
 	APISock string `json:"api_sock,omitempty"`
+	// Network is "egress" for a sandbox in a hostnet namespace.
+	Network string `json:"network,omitempty"`
 }
 
 // Backend starts sandboxes of one kind.

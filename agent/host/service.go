@@ -40,6 +40,9 @@ func (d *Daemon) RegisterFunction(ctx context.Context, req *api.RegisterFunction
 	if err != nil {
 		return nil, err
 	}
+	if spec.Network == api.NetworkPolicy_NETWORK_EGRESS && d.cfg.Net == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "function.network: NETWORK_EGRESS, but this kindlingd has no host network (%s)", d.cfg.NetReason)
+	}
 	fn, err := d.newFunction(spec, time.Now(), "")
 	if err != nil {
 		return nil, err

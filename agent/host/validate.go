@@ -71,6 +71,9 @@ func normalizeSpec(in *api.FunctionSpec) (*api.FunctionSpec, *rootfs.Manifest, e
 	if s.MemoryMib < minMemoryMiB || s.MemoryMib > maxMemoryMiB {
 		return nil, nil, invalid("function.memory_mib", "%d is out of range (%d to %d)", s.MemoryMib, minMemoryMiB, maxMemoryMiB)
 	}
+	if _, ok := api.NetworkPolicy_name[int32(s.Network)]; !ok {
+		return nil, nil, invalid("function.network", "%d is not a network policy (NETWORK_NONE or NETWORK_EGRESS)", s.Network)
+	}
 	if s.Vcpus == 0 {
 		s.Vcpus = 1
 	}

@@ -243,7 +243,7 @@ func TestClientFunctionRegisterSendsSpec(t *testing.T) {
 	out, errOut, code := runCLI(t, nil, nil, "--socket", sock, "function", "register", "--image", rel, "hello",
 		"--version", "2", "--memory", "1G", "--vcpus", "2", "--timeout", "5s", "--cpu-template", "x86-64-v3",
 		"--concurrency", "3", "--tenant", "acme", "--env", "A=1", "--env", "B=x=y", "--min-warm", "1",
-		"--keep-alive", "90s", "--queue-limit", "7", "--warmup", `{"warm": 1}`, "--warmup", "@"+warm)
+		"--keep-alive", "90s", "--queue-limit", "7", "--warmup", `{"warm": 1}`, "--warmup", "@"+warm, "--network", "egress")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -253,12 +253,12 @@ func TestClientFunctionRegisterSendsSpec(t *testing.T) {
 		Image:     &api.ImageRef{Path: img, ManifestSha256: hex.EncodeToString(sum[:])},
 		MemoryMib: 1024, Vcpus: 2, TimeoutMs: 5000, CpuTemplate: "x86-64-v3", ConcurrencyLimit: 3, Tenant: "acme",
 		Environment: map[string]string{"A": "1", "B": "x=y"}, MinWarm: 1, KeepAliveMs: 90000, QueueLimit: 7,
-		WarmupPayloads: [][]byte{[]byte(`{"warm": 1}`), []byte(`{"warm": 2}`)},
+		WarmupPayloads: [][]byte{[]byte(`{"warm": 1}`), []byte(`{"warm": 2}`)}, Network: api.NetworkPolicy_NETWORK_EGRESS,
 	}
 	if got := f.only(t).(*api.RegisterFunctionRequest).GetFunction(); !proto.Equal(got, want) {
 		t.Errorf("kindlingd got\n%v\nwant\n%v", got, want)
 	}
-	for _, w := range []string{"registered hello version 2 (tenant acme)", img, "1024 MiB, 2 vCPU", "A=1 B=x=y", "2 payload(s)"} {
+	for _, w := range []string{"registered hello version 2 (tenant acme)", img, "1024 MiB, 2 vCPU", "A=1 B=x=y", "2 payload(s)", "egress"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("output lacks %q:\n%s", w, out)
 		}

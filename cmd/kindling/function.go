@@ -89,6 +89,7 @@ func (d *daemonCLI) functionRegister(args []string) error {
 	fs.Var(msFlag{&spec.KeepAliveMs}, "keep-alive", "stop an instance idle this `long`, e.g. 10m")
 	fs.Var(uint32Flag{&spec.QueueLimit, 1}, "queue-limit", "`N` invocations may wait for a slot before kindlingd refuses more")
 	fs.Var(payloadsFlag{&spec.WarmupPayloads}, "warmup", "a warm-up payload, `JSON` or @FILE (repeatable)")
+	fs.Var(networkFlag{&spec.Network}, "network", "`policy`: none (loopback only, the default) or egress (outbound through NAT, nothing inbound)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -142,6 +143,7 @@ func writeFunction(w io.Writer, f *api.Function) {
 	line("cpu template", "%s", orText(s.GetCpuTemplate(), "the image's own"))
 	line("concurrency", "%d at once, queue limit %d", s.GetConcurrencyLimit(), s.GetQueueLimit())
 	line("warm", "min %d, keep-alive %v", s.GetMinWarm(), msDuration(s.GetKeepAliveMs()))
+	line("network", "%s", networkName(s.GetNetwork()))
 	if len(s.GetEnvironment()) > 0 {
 		keys := make([]string, 0, len(s.GetEnvironment()))
 		for k := range s.GetEnvironment() {
@@ -382,6 +384,38 @@ func readPayload(v string) ([]byte, error) {
 		return nil, fmt.Errorf("the payload is not JSON: %.40q", b)
 	}
 	return b, nil
+}
+
+// networkFlag is a function's network policy by its short name.
+type networkFlag struct{ v *api.NetworkPolicy }
+
+func (f networkFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return networkName(*f.v)
+}
+
+func (f networkFlag) Set(s string) error {
+	switch s {
+	case "none":
+		*f.v = api.NetworkPolicy_NETWORK_NONE
+	case "egress":
+		*f.v = api.NetworkPolicy_NETWORK_EGRESS
+	default:
+		return errors.New("want none or egress")
+	}
+	return nil
+}
+
+func networkName(p api.NetworkPolicy) string {
+	switch p {
+	case api.NetworkPolicy_NETWORK_NONE:
+		return "none"
+	case api.NetworkPolicy_NETWORK_EGRESS:
+		return "egress"
+	}
+	return p.String()
 }
 
 // uint32Flag is a count with a lower bound.

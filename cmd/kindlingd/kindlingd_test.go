@@ -418,6 +418,7 @@ func TestInvalidRequestsNameTheField(t *testing.T) {
 		{"memory too small", func(s *api.FunctionSpec) { s.MemoryMib = 8 }, codes.InvalidArgument, "function.memory_mib"},
 		{"memory too large", func(s *api.FunctionSpec) { s.MemoryMib = 1 << 20 }, codes.InvalidArgument, "function.memory_mib"},
 		{"too many vcpus", func(s *api.FunctionSpec) { s.Vcpus = 99 }, codes.InvalidArgument, "function.vcpus"},
+		{"unknown network policy", func(s *api.FunctionSpec) { s.Network = 7 }, codes.InvalidArgument, "function.network"},
 		{"timeout", func(s *api.FunctionSpec) { s.TimeoutMs = 3_600_000 }, codes.InvalidArgument, "function.timeout_ms"},
 		{"malformed digest", func(s *api.FunctionSpec) { s.Image.ManifestSha256 = "abc" }, codes.InvalidArgument, "function.image.manifest_sha256"},
 		{"wrong digest", func(s *api.FunctionSpec) { s.Image.ManifestSha256 = strings.Repeat("0", 64) }, codes.FailedPrecondition, "function.image.manifest_sha256"},

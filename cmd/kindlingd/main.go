@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kindlingvm/kindling/agent/host"
+	"github.com/kindlingvm/kindling/agent/hostnet"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
 )
 
@@ -56,6 +58,7 @@ func run(args []string) int {
 	cgroup := fs.String("cgroup-parent", "/sys/fs/cgroup/kindling", "cgroup v2 `dir` under which sandboxes get their own cgroups (empty: none)")
 	standby := fs.Int("standby-restores", 1, "per function version with a warm snapshot, keep this many microVMs restored but not started, so a new tenant's restore skips launching a VMM (0: none)")
 	prefetch := fs.Bool("prefetch", true, "restore microVMs with their snapshot's working set (recorded on the first restore) loaded up front")
+	dns := fs.String("dns", "", "comma-separated resolver `addresses` egress guests are told of (default: this host's /etc/resolv.conf nameservers that are not loopback)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
@@ -78,6 +81,11 @@ func run(args []string) int {
 	}
 	log := slog.New(h)
 	bo := host.BackendOptions{StateDir: *stateDir, CgroupParent: *cgroup, NoPrefetch: !*prefetch, Logger: log}
+	var err error
+	if bo.DNS, err = resolvers(*dns); err != nil {
+		fmt.Fprintf(os.Stderr, "kindlingd: --dns: %v\n", err)
+		return 2
+	}
 	if *standby < 0 {
 		fmt.Fprintf(os.Stderr, "kindlingd: --standby-restores %d: want 0 or more\n", *standby)
 		return 2
@@ -104,6 +112,16 @@ func serve(log *slog.Logger, bo host.BackendOptions, backendFlag string, cfg hos
 	name, reason, err := host.ChooseBackend(backendFlag, report)
 	if err != nil {
 		return err
+	}
+	// Network egress for the functions that ask for it: the namespaces,
+	// veths, taps and NAT rules are made per sandbox, and nothing on the
+	// host changes until the first one.
+	if h, err := hostnet.NewHost(hostnet.HostConfig{}); err != nil {
+		cfg.NetReason = err.Error()
+		log.Warn("functions with network egress will be refused", "error", err)
+	} else {
+		defer h.Close()
+		bo.Net, cfg.Net = h, h
 	}
 	backends := host.Backends(bo)
 	cfg.StateDir, cfg.Backend, cfg.BackendReason, cfg.Backends = stateDir, backends[name], reason, backends
@@ -142,4 +160,34 @@ func version() string {
 		}
 	}
 	return v
+}
+
+// resolvers parses --dns, or finds the host's own resolvers: those in
+// /etc/resolv.conf a guest can reach (not loopback, which in a sandbox is
+// its own).
+func resolvers(flagValue string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	if flagValue != "" {
+		for _, s := range strings.Split(flagValue, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(s))
+			if err != nil || !a.Is4() {
+				return nil, fmt.Errorf("%q is not an IPv4 address", s)
+			}
+			out = append(out, a)
+		}
+		return out, nil
+	}
+	b, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return nil, nil // none: guests get no resolver
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil && a.Is4() && !a.IsLoopback() {
+				out = append(out, a)
+			}
+		}
+	}
+	return out, nil
 }

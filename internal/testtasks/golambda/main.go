@@ -1,5 +1,6 @@
 // Command golambda is an aws-lambda-go handler for the guest agent's
-// tests: {"op": "echo"|"error"|"panic"|"sleep"|"exit"|"big"|"count", ...}.
+// tests: {"op": "echo"|"error"|"panic"|"sleep"|"exit"|"big"|"count"|"net", ...}.
+// "net" reports the sandbox's interfaces and whether it has a default route.
 // "count" appends a line to $KINDLING_TEST_COUNTER_DIR/<invocation ID>, a
 // side effect the tests count to prove each ID ran exactly once.
 //
@@ -14,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"reflect"
@@ -64,8 +66,33 @@ func handle(ctx context.Context, r request) (response, error) {
 		return response{Text: lc.AwsRequestID}, nil
 	case "big":
 		return response{Text: strings.Repeat("x", r.Size)}, nil
+	case "net":
+		return response{Text: netReport()}, nil
 	}
 	return response{}, fmt.Errorf("unknown op %q", r.Op)
+}
+
+// netReport describes the sandbox's network: its interfaces and
+// addresses, and whether an outside address has a route (a UDP connect
+// sends nothing, it only picks the route).
+func netReport() string {
+	var parts []string
+	ifs, _ := net.Interfaces()
+	for _, ifc := range ifs {
+		addrs, _ := ifc.Addrs()
+		var as []string
+		for _, a := range addrs {
+			as = append(as, a.String())
+		}
+		parts = append(parts, ifc.Name+"="+strings.Join(as, ","))
+	}
+	route := "ok"
+	if c, err := net.Dial("udp4", "192.0.2.1:9"); err != nil {
+		route = "none"
+	} else {
+		c.Close()
+	}
+	return strings.Join(parts, " ") + " route=" + route
 }
 
 func main() {
