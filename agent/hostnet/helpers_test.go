@@ -256,7 +256,7 @@ func ping(path string, dst netip.Addr, timeout time.Duration) error {
 	defer c.Close()
 	id := uint16(os.Getpid())
 	msg := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'k', 'i', 'n', 'd'}
-	binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+	binary.BigEndian.PutUint16(msg[2:], testnet.Checksum(msg))
 	if _, err := c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -271,20 +271,6 @@ func ping(path string, dst netip.Addr, timeout time.Duration) error {
 			return nil
 		}
 	}
-}
-
-func icmpChecksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
 }
 
 // listenUDP listens at addr in the namespace at path, until the test ends.

@@ -273,8 +273,8 @@ func ParseARP(f []byte) (ARP, bool) {
 	}, true
 }
 
-// checksum is the Internet checksum (RFC 1071).
-func checksum(b []byte) uint16 {
+// Checksum is the Internet checksum (RFC 1071).
+func Checksum(b []byte) uint16 {
 	var s uint32
 	for i := 0; i+1 < len(b); i += 2 {
 		s += uint32(binary.BigEndian.Uint16(b[i:]))
@@ -296,7 +296,7 @@ func EchoRequest(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, id, seq u
 	binary.BigEndian.PutUint16(icmp[4:], id)
 	binary.BigEndian.PutUint16(icmp[6:], seq)
 	icmp = append(icmp, payload...)
-	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], Checksum(icmp))
 	ip := make([]byte, ipv4Header, ipv4Header+len(icmp))
 	ip[0] = 0x45 // version 4, 5 words
 	binary.BigEndian.PutUint16(ip[2:], uint16(ipv4Header+len(icmp)))
@@ -307,7 +307,7 @@ func EchoRequest(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, id, seq u
 	s, d := src.As4(), dst.As4()
 	copy(ip[12:16], s[:])
 	copy(ip[16:20], d[:])
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip))
 	return ethernet(dstMAC, srcMAC, etherTypeIPv4, append(ip, icmp...))
 }
 
@@ -330,11 +330,11 @@ func ParseEchoReply(f []byte) (Echo, bool) {
 	if ip[0]>>4 != 4 || ihl < ipv4Header || total < ihl+8 || total > len(ip) || ip[9] != protoICMP {
 		return Echo{}, false
 	}
-	if checksum(ip[:ihl]) != 0 {
+	if Checksum(ip[:ihl]) != 0 {
 		return Echo{}, false
 	}
 	icmp := ip[ihl:total]
-	if icmp[0] != icmpEchoReply || checksum(icmp) != 0 {
+	if icmp[0] != icmpEchoReply || Checksum(icmp) != 0 {
 		return Echo{}, false
 	}
 	return Echo{
