@@ -151,6 +151,7 @@ func TestNetDeviceWiringAndRestore(t *testing.T) {
 		t.Fatalf("config MAC % x, want the default %v", mac, g.mac)
 	}
 	g.post(8)
+	ns.WaitUp(t, "tap0") // the host drops replies until the attached tap is up
 	g.arpAndPing(1)
 
 	// Paused, the device leaves the guest's rings alone: a datagram from
@@ -208,5 +209,6 @@ func TestNetDeviceWiringAndRestore(t *testing.T) {
 	if !bytes.Equal(mac[:], g.mac) {
 		t.Fatalf("restored config MAC % x", mac)
 	}
+	ns2.WaitUp(t, "tap9")
 	rg.arpAndPing(2)
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -142,6 +143,34 @@ func (n *Netns) AddTun(t testing.TB, name string) {
 
 // AddNeighbor tells the host that ip is at mac on the interface called
 // dev, so it sends to ip without asking over ARP first.
+// WaitUp waits until the link is operationally up. A tap's carrier comes
+// on when a process attaches to it, but the kernel's link watcher
+// activates its queue later (up to a second, more under load): until
+// then the host drops what it sends there.
+func (n *Netns) WaitUp(t testing.TB, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var state netlink.LinkOperState
+		if err := n.Do(func() error {
+			l, err := netlink.LinkByName(name)
+			if err == nil {
+				state = l.Attrs().OperState
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("link %s: %v", name, err)
+		}
+		if state == netlink.OperUp {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("link %s is still %v after 10 s", name, state)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (n *Netns) AddNeighbor(t testing.TB, dev string, ip netip.Addr, mac net.HardwareAddr) {
 	t.Helper()
 	if err := n.Do(func() error {

@@ -81,6 +81,8 @@ func newGuest(t *testing.T, ns *testnet.Netns) *guest {
 	t.Cleanup(func() { mem.Close() }) // after the device's Close (cleanups run last first)
 	g := &guest{t: t, ns: ns, mem: mem, posted: map[uint32][]vt.Buf{}}
 	g.dev = open(t, ns, Options{Tap: "tap0", MAC: guestMAC})
+	// What the host sends is dropped until the attached tap is up.
+	ns.WaitUp(t, "tap0")
 	if g.tr, err = virtio.NewTransport(mem, g.dev, &vt.Line{}); err != nil {
 		t.Fatal(err)
 	}
