@@ -317,6 +317,19 @@ func TestGuestEgressThroughTap(t *testing.T) {
 	h.uplink(t)
 	sb := h.setup(t, Options{ID: "vm-guest", Policy: Egress, Tap: true, TapUID: vmmUID, TapGID: vmmGID})
 	tap := openTap(t, sb.NetNSPath())
+	// The host drops what it sends to an attached tap until the kernel's
+	// link watcher has brought it up (up to a second, more under load).
+	for up, deadline := false, time.Now().Add(10*time.Second); !up; {
+		do(t, sb.NetNSPath(), func() error {
+			l, err := netlink.LinkByName(TapName)
+			up = err == nil && l.Attrs().OperState == netlink.OperUp
+			return err
+		})
+		if !up && time.Now().After(deadline) {
+			t.Fatal("tap0 is not up 10 s after it was attached")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	// The guest answers ARP in a real VM; here the host is told.
 	do(t, sb.NetNSPath(), func() error {
 		l, err := netlink.LinkByName(TapName)
