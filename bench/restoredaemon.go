@@ -28,7 +28,6 @@ import (
 	"github.com/kindlingvm/kindling/agent/api"
 	"github.com/kindlingvm/kindling/internal/echoguest"
 	"github.com/kindlingvm/kindling/internal/testdaemon"
-	"github.com/kindlingvm/kindling/rootfs"
 	"github.com/kindlingvm/kindling/snapshot"
 )
 
@@ -69,15 +68,7 @@ func restoreDaemonMain(ctx context.Context, w io.Writer, opts restoreDaemonOptio
 	if err != nil {
 		return fmt.Errorf("build: %w", err)
 	}
-	kernel, err := echoguest.Build(dir)
-	if err != nil {
-		return fmt.Errorf("echo guest: %w", err)
-	}
-	img := filepath.Join(dir, "echo-image")
-	if _, err := rootfs.BuildKernelImage(kernel, "", img); err != nil {
-		return err
-	}
-	sha, err := testdaemon.ManifestSHA(img)
+	img, sha, err := echoguest.BuildImage(dir)
 	if err != nil {
 		return err
 	}

@@ -12,8 +12,6 @@ import (
 
 	"github.com/kindlingvm/kindling/agent/api"
 	"github.com/kindlingvm/kindling/internal/echoguest"
-	"github.com/kindlingvm/kindling/internal/testdaemon"
-	"github.com/kindlingvm/kindling/rootfs"
 	"github.com/kindlingvm/kindling/snapshot"
 	vmmclient "github.com/kindlingvm/kindling/vmm/api/client"
 )
@@ -145,16 +143,8 @@ func echoImage(t *testing.T) (img, sha string) {
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		t.Skipf("no /dev/kvm: %v", err)
 	}
-	dir := t.TempDir()
-	kernel, err := echoguest.Build(dir)
+	img, sha, err := echoguest.BuildImage(t.TempDir())
 	if err != nil {
-		t.Fatal(err)
-	}
-	img = filepath.Join(dir, "echo-image")
-	if _, err := rootfs.BuildKernelImage(kernel, "", img); err != nil {
-		t.Fatal(err)
-	}
-	if sha, err = testdaemon.ManifestSHA(img); err != nil {
 		t.Fatal(err)
 	}
 	return img, sha

@@ -30,6 +30,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+
+	"github.com/kindlingvm/kindling/rootfs"
 )
 
 //go:embed guest/entry.S guest/echo.c guest/link.ld
@@ -131,4 +133,22 @@ func Build(dir string) (kernelPath string, err error) {
 		}
 	}
 	return out, nil
+}
+
+// BuildImage builds the guest and packs it as a kernel-only task image in
+// dir/echo-image, as kindlingd's microVM backend runs it, and returns
+// the image and its manifest's digest (what RegisterFunction wants).
+func BuildImage(dir string) (image, manifestSHA string, err error) {
+	kernel, err := Build(dir)
+	if err != nil {
+		return "", "", err
+	}
+	image = filepath.Join(dir, "echo-image")
+	if _, err := rootfs.BuildKernelImage(kernel, "", image); err != nil {
+		return "", "", fmt.Errorf("echo guest image: %w", err)
+	}
+	if manifestSHA, err = rootfs.ManifestDigest(image); err != nil {
+		return "", "", fmt.Errorf("echo guest image: %w", err)
+	}
+	return image, manifestSHA, nil
 }
