@@ -96,17 +96,15 @@ func TestNetworkPolicies(t *testing.T) {
 	if _, err := d.API.DeleteFunction(context.Background(), &api.DeleteFunctionRequest{Name: "open"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the egress sandbox's veth to go", func() bool {
+	waitFor(t, "the egress sandbox's veth and directory (and namespace file) to go", func() bool {
 		for _, v := range hostVeths(t) {
 			if strings.Contains(v, open.InstanceId) {
 				return false
 			}
 		}
-		return true
+		_, err := os.Stat(filepath.Join(d.StateDir, "sandboxes", open.InstanceId))
+		return os.IsNotExist(err)
 	})
-	if _, err := os.Stat(filepath.Join(d.StateDir, "sandboxes", open.InstanceId)); !os.IsNotExist(err) {
-		t.Fatalf("its directory (and namespace file): %v", err)
-	}
 }
 
 // TestEchoGuestWithEgress (microVM backend): an egress function's jailed

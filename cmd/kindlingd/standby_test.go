@@ -83,10 +83,10 @@ func TestStandbyRestores(t *testing.T) {
 		t.Fatal("the standby died with kindlingd")
 	}
 	d = restartDaemon(t, d.StateDir, "--backend", "microvm", "--standby-restores", "1")
-	waitFor(t, "the dead kindlingd's standby to stop", func() bool { return !pidAlive(sb[0].Pid) })
-	if _, err := os.Stat(filepath.Join(d.StateDir, "sandboxes", sb[0].Id)); !os.IsNotExist(err) {
-		t.Fatalf("its directory: %v", err)
-	}
+	waitFor(t, "the dead kindlingd's standby to stop and its directory to go", func() bool {
+		_, err := os.Stat(filepath.Join(d.StateDir, "sandboxes", sb[0].Id))
+		return !pidAlive(sb[0].Pid) && os.IsNotExist(err)
+	})
 	// The new kindlingd makes its own; a graceful stop stops it.
 	var again []*api.Instance
 	waitFor(t, "a new standby after the restart", func() bool { again = standbys(t, d, "echo2"); return len(again) == 1 })
