@@ -23,17 +23,6 @@ import (
 	"github.com/kindlingvm/kindling/vmm/seccomp"
 )
 
-// haltKernel is a PVH ELF that writes 'K' to COM1 and halts for good: a
-// VM that runs until the host stops it.
-const haltKernel = `.code32
-	mov $0x3f8, %dx
-	mov $'K', %al
-	out %al, %dx
-	cli
-1:	hlt
-	jmp 1b
-`
-
 // fixture builds kindling-vmm as `make build` does (static) and the
 // halting kernel into a temp dir.
 func fixture(t *testing.T) (bin, kernel string) {
@@ -49,12 +38,8 @@ func fixture(t *testing.T) (bin, kernel string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	elf, err := asm.AssembleELF(haltKernel+asm.PVHNote, 0x100000)
-	if err != nil {
-		t.Fatal(err)
-	}
 	kernel = filepath.Join(dir, "halt.elf")
-	if err := os.WriteFile(kernel, elf, 0o644); err != nil {
+	if err := asm.WriteHaltKernel(kernel); err != nil {
 		t.Fatal(err)
 	}
 	return bin, kernel

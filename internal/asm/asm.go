@@ -80,3 +80,26 @@ func run(name string, args ...string) error {
 	}
 	return nil
 }
+
+// HaltKernelSrc is the smallest PVH kernel: its first instruction already
+// writes 'K' to COM1, so the first console byte marks the first guest
+// instruction; then it halts for good, a VM that runs until the host
+// stops it.
+const HaltKernelSrc = `.code32
+	mov $0x3f8, %dx
+	mov $'K', %al
+	out %al, %dx
+	cli
+1:	hlt
+	jmp 1b
+`
+
+// WriteHaltKernel assembles HaltKernelSrc as a PVH ELF loaded at 1 MiB and
+// writes it to path, readable by all (jails read it as their own uid).
+func WriteHaltKernel(path string) error {
+	elf, err := AssembleELF(HaltKernelSrc+PVHNote, 0x100000)
+	if err != nil {
+		return fmt.Errorf("halting PVH kernel: %w", err)
+	}
+	return os.WriteFile(path, elf, 0o644)
+}

@@ -19,16 +19,6 @@ import (
 	"github.com/kindlingvm/kindling/vmm/seccomp"
 )
 
-// haltKernel writes 'K' to COM1 and halts for good.
-const haltKernel = `.code32
-	mov $0x3f8, %dx
-	mov $'K', %al
-	out %al, %dx
-	cli
-1:	hlt
-	jmp 1b
-`
-
 // vmmJail is a kindling-vmm jail: the VMM and what it reads bound in,
 // /dev/kvm made inside, its API socket at /run/api.sock.
 func vmmJail(t *testing.T, id string, files []Bind, args ...string) Spec {
@@ -91,16 +81,12 @@ func TestVMMInJail(t *testing.T) {
 		t.Skipf("skipping: %v", err)
 	}
 	files := t.TempDir()
-	elf, err := asm.AssembleELF(haltKernel+asm.PVHNote, 0x100000)
-	if err != nil {
-		t.Fatal(err)
-	}
 	kernel := filepath.Join(files, "halt.elf")
 	cfgPath := filepath.Join(files, "vm.json")
 	cfg, _ := json.Marshal(vmm.Config{Kernel: "/boot/halt.elf", MemoryMiB: 32, VCPUs: 2, Console: "/run/console.log",
 		Vsock: &vmm.Vsock{GuestCID: 3, Path: "/run/vsock"}})
 	// Readable by the jail's uid: it reads them through the binds.
-	if err := os.WriteFile(kernel, elf, 0o644); err != nil {
+	if err := asm.WriteHaltKernel(kernel); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
