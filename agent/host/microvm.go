@@ -246,11 +246,8 @@ func (b *MicroVMBackend) Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 // and reseeds its entropy). The snapshot's task is already waiting for an
 // invocation, so there is no ready wait.
 func (b *MicroVMBackend) Restore(ctx context.Context, spec Spec, snapshot string) (Sandbox, error) {
-	if spec.ID == "" || spec.Dir == "" {
-		return nil, fmt.Errorf("sandbox %q: no ID or directory", spec.ID)
-	}
-	if snapshot == "" {
-		return nil, fmt.Errorf("sandbox %s: no snapshot to restore", spec.ID)
+	if err := checkRestore(spec, snapshot); err != nil {
+		return nil, err
 	}
 	sb, _, err := b.start(ctx, spec, snapshot, true)
 	if err != nil {
@@ -260,16 +257,24 @@ func (b *MicroVMBackend) Restore(ctx context.Context, spec Spec, snapshot string
 	return sb, nil
 }
 
+// checkRestore refuses a restore with nothing to restore, or nowhere.
+func checkRestore(spec Spec, snapshot string) error {
+	if spec.ID == "" || spec.Dir == "" {
+		return fmt.Errorf("sandbox %q: no ID or directory", spec.ID)
+	}
+	if snapshot == "" {
+		return fmt.Errorf("sandbox %s: no snapshot to restore", spec.ID)
+	}
+	return nil
+}
+
 // PrepareRestore restores a VM from a snapshot in a new jailed VMM and
 // leaves it before its first instruction: starting it later costs the
 // VMM's start call and the agent's handshake, not a VMM's launch (the
 // jail, the process, KVM's VM and memory slot set-up).
 func (b *MicroVMBackend) PrepareRestore(ctx context.Context, spec Spec, snapshot string) (Standby, error) {
-	if spec.ID == "" || spec.Dir == "" {
-		return nil, fmt.Errorf("sandbox %q: no ID or directory", spec.ID)
-	}
-	if snapshot == "" {
-		return nil, fmt.Errorf("sandbox %s: no snapshot to restore", spec.ID)
+	if err := checkRestore(spec, snapshot); err != nil {
+		return nil, err
 	}
 	sb, _, err := b.start(ctx, spec, snapshot, false)
 	if err != nil {

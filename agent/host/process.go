@@ -219,7 +219,7 @@ func (b *ProcessBackend) Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 		// route), joined rather than made empty.
 		if netw, err = setupNet(b.opts.Net, spec, 0, 0); err == nil {
 			cmd.SysProcAttr.Cloneflags &^= unix.CLONE_NEWNET
-			err = startInNetNS(netw.NetNSPath(), cmd)
+			err = netw.Do(cmd.Start)
 		}
 	} else {
 		err = cmd.Start()

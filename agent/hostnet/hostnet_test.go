@@ -2,11 +2,14 @@ package hostnet
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -579,5 +582,44 @@ func TestSweep(t *testing.T) {
 	}
 	if _, err := restarted.Reattach("dead-none", filepath.Join(h.root, "dead-none")); err == nil {
 		t.Error("reattached a swept sandbox")
+	}
+}
+
+// Do: a process started in fn runs in the sandbox's namespace, the
+// calling thread stays in its own, and a sandbox whose namespace is gone
+// says so.
+func TestDoStartsInTheSandbox(t *testing.T) {
+	h := newTestHost(t)
+	sb := h.setup(t, Options{ID: "do-1"})
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(sb.NetNSPath(), &st); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("readlink", "/proc/self/ns/net")
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := sb.Do(cmd.Start); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.TrimSpace(out.String()), fmt.Sprintf("net:[%d]", st.Ino); got != want {
+		t.Fatalf("the process's namespace is %s, want the sandbox's %s (ours: %s)", got, want, home)
+	}
+	if now, _ := os.Readlink("/proc/thread-self/ns/net"); now != home {
+		t.Fatalf("our thread's namespace changed to %s", now)
+	}
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Do(func() error { return nil }); err == nil || !strings.Contains(err.Error(), "its network namespace") {
+		t.Fatalf("Do after Close: %v", err)
 	}
 }

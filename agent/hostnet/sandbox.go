@@ -72,6 +72,18 @@ func (s *Sandbox) ID() string { return s.id }
 // (setns) and what the jail joins (jail.Spec.NetNS).
 func (s *Sandbox) NetNSPath() string { return s.nsPath }
 
+// Do runs fn on a thread that has joined the sandbox's namespace, then
+// takes the thread home (inNS): a process fn starts is forked from that
+// thread, so it runs in the sandbox's namespace.
+func (s *Sandbox) Do(fn func() error) error {
+	ns, err := netns.GetFromPath(s.nsPath)
+	if err != nil {
+		return fmt.Errorf("hostnet: sandbox %s: its network namespace: %w", s.id, err)
+	}
+	defer ns.Close()
+	return inNS(ns, fn)
+}
+
 // Policy is the sandbox's network policy.
 func (s *Sandbox) Policy() Policy { return s.policy }
 
