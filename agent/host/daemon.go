@@ -88,11 +88,9 @@ type Daemon struct {
 	inflight    sync.WaitGroup
 	bg          sync.WaitGroup
 
-	mu        sync.Mutex
-	functions map[fnKey]*function
-	instances map[string]*instance
-	// standbys counts every function's standby sandboxes (standby.go).
-	standbys    int
+	mu          sync.Mutex
+	functions   map[fnKey]*function
+	instances   map[string]*instance
 	invocations map[string]*invocation
 	finished    []string // finished invocation IDs in memory, oldest first
 	draining    bool

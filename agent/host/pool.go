@@ -384,7 +384,7 @@ func (d *Daemon) dropSnapshot(fn *function, dir string) {
 // makeRoomLocked stops the least recently used idle instance of any
 // function when the host is at its instance limit.
 func (d *Daemon) makeRoomLocked() error {
-	if len(d.instances)+d.standbys < d.cfg.MaxInstances {
+	if len(d.instances)+d.standbysLocked() < d.cfg.MaxInstances {
 		return nil
 	}
 	if d.evictStandbyLocked() {
@@ -693,7 +693,6 @@ func (d *Daemon) housekeeping(ctx context.Context) {
 		var live []*standbyVM
 		for _, sv := range fn.standby {
 			if isDone(sv.sb.Exited()) {
-				d.standbys--
 				d.bgDiscard(sv, "its VMM ended")
 				continue
 			}

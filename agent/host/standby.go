@@ -38,7 +38,6 @@ func (d *Daemon) takeStandbyLocked(fn *function) *standbyVM {
 	for len(fn.standby) > 0 {
 		sv := fn.standby[0]
 		fn.standby = fn.standby[1:]
-		d.standbys--
 		if sv.gen == fn.snapGen && !isDone(sv.sb.Exited()) {
 			return sv
 		}
@@ -113,7 +112,7 @@ func (d *Daemon) refillStandby(fn *function) {
 // wantStandbyLocked says whether fn should have another standby.
 func (d *Daemon) wantStandbyLocked(fn *function) bool {
 	return d.ctx.Err() == nil && !d.draining && !fn.deleted && fn.snapshot != "" && fn.seal != nil &&
-		len(fn.standby) < d.cfg.StandbyRestores && len(d.instances)+d.standbys < d.cfg.MaxInstances
+		len(fn.standby) < d.cfg.StandbyRestores && len(d.instances)+d.standbysLocked() < d.cfg.MaxInstances
 }
 
 func (d *Daemon) makeStandby(sbk StandbyBackend, fn *function, dir string, gen uint64) error {
@@ -146,10 +145,19 @@ func (d *Daemon) makeStandby(sbk StandbyBackend, fn *function, dir string, gen u
 		return nil
 	}
 	fn.standby = append(fn.standby, sv)
-	d.standbys++
 	d.mu.Unlock()
 	d.log.Debug("standby restored", "function", fn.key.name, "version", fn.key.version, "instance", spec.ID, "took", time.Since(t0).Round(time.Microsecond))
 	return nil
+}
+
+// standbysLocked counts every function's standbys: they take room on the
+// host like instances.
+func (d *Daemon) standbysLocked() int {
+	n := 0
+	for _, fn := range d.functions {
+		n += len(fn.standby)
+	}
+	return n
 }
 
 // dropStandbysLocked takes fn's standbys away for the caller to discard
@@ -157,7 +165,6 @@ func (d *Daemon) makeStandby(sbk StandbyBackend, fn *function, dir string, gen u
 func (d *Daemon) dropStandbysLocked(fn *function) []*standbyVM {
 	out := fn.standby
 	fn.standby = nil
-	d.standbys -= len(out)
 	return out
 }
 
@@ -168,7 +175,6 @@ func (d *Daemon) evictStandbyLocked() bool {
 		if len(fn.standby) > 0 {
 			sv := fn.standby[len(fn.standby)-1]
 			fn.standby = fn.standby[:len(fn.standby)-1]
-			d.standbys--
 			d.bgDiscard(sv, "evicted to make room")
 			return true
 		}
