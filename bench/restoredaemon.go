@@ -183,27 +183,16 @@ func benchDaemon(ctx context.Context, bins *testdaemon.Binaries, img, sha string
 // echoCall invokes the echo function for tenant and checks the answer
 // and how the instance started.
 func echoCall(ctx context.Context, d *testdaemon.Daemon, tenant string, want api.StartKind) (*api.Invocation, error) {
-	st, err := d.API.Invoke(ctx, &api.InvokeRequest{Function: "echo", Tenant: tenant, Payload: []byte(`{"text":"` + tenant + `"}`)})
-	if err != nil {
-		return nil, err
+	r, _, err := d.Invoke(ctx, &api.InvokeRequest{Function: "echo", Tenant: tenant, Payload: []byte(`{"text":"` + tenant + `"}`)})
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("invoke for %s: %w", tenant, err)
+	case r.State != api.InvocationState_SUCCEEDED || !strings.Contains(string(r.Response), tenant):
+		return nil, fmt.Errorf("invocation for %s: %v %s %s", tenant, r.State, r.ErrorType, r.Response)
+	case want != api.StartKind_START_KIND_UNSPECIFIED && r.Start != want:
+		return nil, fmt.Errorf("invocation for %s started %v, want %v", tenant, r.Start, want)
 	}
-	for {
-		ev, err := st.Recv()
-		if err != nil {
-			return nil, fmt.Errorf("invoke for %s: %w", tenant, err)
-		}
-		r := ev.GetResult()
-		if r == nil {
-			continue
-		}
-		switch {
-		case r.State != api.InvocationState_SUCCEEDED || !strings.Contains(string(r.Response), tenant):
-			return nil, fmt.Errorf("invocation for %s: %v %s %s", tenant, r.State, r.ErrorType, r.Response)
-		case want != api.StartKind_START_KIND_UNSPECIFIED && r.Start != want:
-			return nil, fmt.Errorf("invocation for %s started %v, want %v", tenant, r.Start, want)
-		}
-		return r, nil
-	}
+	return r, nil
 }
 
 // daemonRestores cuts the warm snapshot (a cold start), restores it once

@@ -101,23 +101,7 @@ func invoke(t *testing.T, d *testdaemon.Daemon, req *api.InvokeRequest) (*api.In
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	st, err := d.API.Invoke(ctx, req)
-	if err != nil {
-		return nil, nil, err
-	}
-	var logs []string
-	for {
-		ev, err := st.Recv()
-		if err != nil {
-			return nil, logs, err
-		}
-		if l := ev.GetLog(); l != nil {
-			logs = append(logs, l.Stream+": "+l.Line)
-		}
-		if r := ev.GetResult(); r != nil {
-			return r, logs, nil
-		}
-	}
+	return d.Invoke(ctx, req)
 }
 
 func mustInvoke(t *testing.T, d *testdaemon.Daemon, req *api.InvokeRequest) *api.Invocation {

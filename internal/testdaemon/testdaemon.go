@@ -203,3 +203,25 @@ func KillSandboxes(stateDir string) int {
 	}
 	return n
 }
+
+// Invoke runs a synchronous invocation and returns its result and the
+// log lines ("stream: line") streamed before it.
+func (d *Daemon) Invoke(ctx context.Context, req *api.InvokeRequest) (*api.Invocation, []string, error) {
+	st, err := d.API.Invoke(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	var logs []string
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			return nil, logs, err
+		}
+		if l := ev.GetLog(); l != nil {
+			logs = append(logs, l.Stream+": "+l.Line)
+		}
+		if r := ev.GetResult(); r != nil {
+			return r, logs, nil
+		}
+	}
+}
