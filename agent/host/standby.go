@@ -58,9 +58,9 @@ func (d *Daemon) startFromStandby(ctx context.Context, fn *function, tenant stri
 		// The VM maps the memory file: a change to it since the standby
 		// was made would show through. A stat per file tells.
 		d.mu.Lock()
-		seal, dir := fn.seal, fn.snapshot
+		seal, dir, gen := fn.seal, fn.snapshot, fn.snapGen
 		d.mu.Unlock()
-		if seal == nil || sv.gen != inst.fn.snapGen {
+		if seal == nil || sv.gen != gen {
 			sv.sb.Discard(bctx)
 			return nil, fmt.Errorf("standby %s: its snapshot was replaced", sv.spec.ID)
 		}
