@@ -1,7 +1,9 @@
 package rootfs
 
 import (
+	"errors"
 	"github.com/kindlingvm/kindling/cpuid"
+	"github.com/kindlingvm/kindling/internal/buildid"
 
 	"bytes"
 	"crypto/sha256"
@@ -62,6 +64,73 @@ type ImageSpec struct {
 	CPUNeeds    []string
 	CPUOptional []string
 	CPUTemplate *cpuid.Template
+	// Run is how the task is run (TaskConfigPath in the initramfs); its
+	// zero value runs /task with no arguments, unprofiled.
+	Run TaskConfig
+	// Trees are directories packed into the initramfs beside the task
+	// (a Node task's code and runtime client, a baked compile cache).
+	Trees []Tree
+}
+
+// Tree is a host directory packed into an image at Path (relative to the
+// image root, e.g. "var/task").
+type Tree struct {
+	Host string
+	Path string
+}
+
+// TaskConfigPath is where an image keeps its TaskConfig, relative to the
+// image root: kindling-init reads it beside the task it is given.
+const TaskConfigPath = "kindling/task.json"
+
+// TaskConfig is how kindling-init runs an image's task. Paths in it are
+// relative to the image root ("/" in a microVM, the extracted rootfs
+// under the process backend); kindling-init resolves them.
+type TaskConfig struct {
+	// Args follow the task's path in its argv; an argument that starts
+	// with "{root}/" names a file in the image.
+	Args []string `json:"args,omitempty"`
+	// Env is added to the task's environment (NAME=value); values may
+	// start with "{root}/" too.
+	Env []string `json:"env,omitempty"`
+	// Profiling: the guest agent samples the task's CPU and ships pprof
+	// profiles (the kernel has PERF_EVENTS for it).
+	Profiling bool `json:"profiling,omitempty"`
+	// CompileCache is a writable directory (relative to the root) the
+	// agent points NODE_COMPILE_CACHE at and ships to the host on
+	// request; it may be baked in from a previous version.
+	CompileCache string `json:"compile_cache,omitempty"`
+}
+
+// RootPlaceholder starts a TaskConfig path that is in the image.
+const RootPlaceholder = "{root}/"
+
+// ReadTaskConfig reads root's TaskConfig; an image without one runs its
+// task with no arguments.
+func ReadTaskConfig(root string) (TaskConfig, error) {
+	var c TaskConfig
+	b, err := os.ReadFile(filepath.Join(root, TaskConfigPath))
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%s: %w", TaskConfigPath, err)
+	}
+	return c, nil
+}
+
+// Resolve replaces a leading RootPlaceholder in s with root.
+func Resolve(root, s string) string {
+	if rest, ok := strings.CutPrefix(s, RootPlaceholder); ok {
+		return filepath.Join(root, rest)
+	}
+	if i := strings.Index(s, "="+RootPlaceholder); i >= 0 { // NAME={root}/...
+		return s[:i+1] + filepath.Join(root, s[i+1+len(RootPlaceholder):])
+	}
+	return s
 }
 
 // Artifact is one file of an image, by digest.
@@ -88,6 +157,13 @@ type Manifest struct {
 	// CPUTemplate is recorded whole, so a later change to a built-in
 	// template cannot change what an existing image's guests see.
 	CPUTemplate *cpuid.Template `json:"cpu_template,omitempty"`
+	// TaskBuildID is the task binary's build ID (internal/buildid):
+	// profiles from its instances must carry it.
+	TaskBuildID string `json:"task_build_id,omitempty"`
+	// Run is the image's TaskConfig, as packed.
+	Run TaskConfig `json:"run"`
+	// Trees are the directories packed beside the task, by path.
+	Trees []Artifact `json:"trees,omitempty"`
 }
 
 func digest(name string, data []byte) Artifact {
@@ -131,6 +207,10 @@ func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 	}
 	initF.Mode, taskF.Mode = 0o755, 0o755
 	m.Init, m.Task = digest("init", initF.Data), digest("task", taskF.Data)
+	if id, err := buildid.File(spec.Task); err == nil {
+		m.TaskBuildID = id
+	}
+	m.Run = spec.Run
 	files := []File{initF, taskF}
 	abs, err := filepath.Abs(spec.Task)
 	if err != nil {

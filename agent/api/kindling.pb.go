@@ -336,9 +336,14 @@ type FunctionSpec struct {
 	// before a warm snapshot is cut.
 	WarmupPayloads [][]byte `protobuf:"bytes,14,rep,name=warmup_payloads,json=warmupPayloads,proto3" json:"warmup_payloads,omitempty"`
 	// network: what the function's sandboxes may reach; default NONE.
-	Network       NetworkPolicy `protobuf:"varint,15,opt,name=network,proto3,enum=kindling.v1.NetworkPolicy" json:"network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Network NetworkPolicy `protobuf:"varint,15,opt,name=network,proto3,enum=kindling.v1.NetworkPolicy" json:"network,omitempty"`
+	// checkpoint_timeout_ms bounds the task's before-snapshot hooks (and
+	// its after-restore hooks in each restore): past it the warm snapshot
+	// is abandoned (or the restored instance discarded) and the version
+	// serves without one. 1 ms to 15 minutes; default 10 s.
+	CheckpointTimeoutMs uint32 `protobuf:"varint,16,opt,name=checkpoint_timeout_ms,json=checkpointTimeoutMs,proto3" json:"checkpoint_timeout_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *FunctionSpec) Reset() {
@@ -476,12 +481,21 @@ func (x *FunctionSpec) GetNetwork() NetworkPolicy {
 	return NetworkPolicy_NETWORK_NONE
 }
 
+func (x *FunctionSpec) GetCheckpointTimeoutMs() uint32 {
+	if x != nil {
+		return x.CheckpointTimeoutMs
+	}
+	return 0
+}
+
 type Function struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Spec               *FunctionSpec          `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
 	RegisteredUnixNano int64                  `protobuf:"varint,2,opt,name=registered_unix_nano,json=registeredUnixNano,proto3" json:"registered_unix_nano,omitempty"`
 	// snapshot is the version's warm snapshot directory, if one was cut.
-	Snapshot      string `protobuf:"bytes,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	Snapshot string `protobuf:"bytes,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// usage is what its invocations have cost so far on this host.
+	Usage         *VersionUsage `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -537,6 +551,96 @@ func (x *Function) GetSnapshot() string {
 	return ""
 }
 
+func (x *Function) GetUsage() *VersionUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// VersionUsage is a version's measured cost, for a control plane choosing
+// between versions (say, before and after a profile-guided rebuild).
+type VersionUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// invocations that reported their task's CPU time, and that time.
+	Invocations uint64 `protobuf:"varint,1,opt,name=invocations,proto3" json:"invocations,omitempty"`
+	CpuNs       uint64 `protobuf:"varint,2,opt,name=cpu_ns,json=cpuNs,proto3" json:"cpu_ns,omitempty"`
+	// cpu_ns_per_invocation is cpu_ns / invocations (0 before any).
+	CpuNsPerInvocation uint64 `protobuf:"varint,3,opt,name=cpu_ns_per_invocation,json=cpuNsPerInvocation,proto3" json:"cpu_ns_per_invocation,omitempty"`
+	// profile_samples in the version's merged CPU profile (0: profiling
+	// off, or nothing collected yet).
+	ProfileSamples uint64 `protobuf:"varint,4,opt,name=profile_samples,json=profileSamples,proto3" json:"profile_samples,omitempty"`
+	// artifacts collected from its warm-ups (node-compile-cache).
+	Artifacts     []string `protobuf:"bytes,5,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VersionUsage) Reset() {
+	*x = VersionUsage{}
+	mi := &file_kindling_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VersionUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VersionUsage) ProtoMessage() {}
+
+func (x *VersionUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_kindling_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VersionUsage.ProtoReflect.Descriptor instead.
+func (*VersionUsage) Descriptor() ([]byte, []int) {
+	return file_kindling_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *VersionUsage) GetInvocations() uint64 {
+	if x != nil {
+		return x.Invocations
+	}
+	return 0
+}
+
+func (x *VersionUsage) GetCpuNs() uint64 {
+	if x != nil {
+		return x.CpuNs
+	}
+	return 0
+}
+
+func (x *VersionUsage) GetCpuNsPerInvocation() uint64 {
+	if x != nil {
+		return x.CpuNsPerInvocation
+	}
+	return 0
+}
+
+func (x *VersionUsage) GetProfileSamples() uint64 {
+	if x != nil {
+		return x.ProfileSamples
+	}
+	return 0
+}
+
+func (x *VersionUsage) GetArtifacts() []string {
+	if x != nil {
+		return x.Artifacts
+	}
+	return nil
+}
+
 type RegisterFunctionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Function      *FunctionSpec          `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
@@ -546,7 +650,7 @@ type RegisterFunctionRequest struct {
 
 func (x *RegisterFunctionRequest) Reset() {
 	*x = RegisterFunctionRequest{}
-	mi := &file_kindling_proto_msgTypes[3]
+	mi := &file_kindling_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +662,7 @@ func (x *RegisterFunctionRequest) String() string {
 func (*RegisterFunctionRequest) ProtoMessage() {}
 
 func (x *RegisterFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[3]
+	mi := &file_kindling_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +675,7 @@ func (x *RegisterFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterFunctionRequest.ProtoReflect.Descriptor instead.
 func (*RegisterFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{3}
+	return file_kindling_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RegisterFunctionRequest) GetFunction() *FunctionSpec {
@@ -591,7 +695,7 @@ type DeleteFunctionRequest struct {
 
 func (x *DeleteFunctionRequest) Reset() {
 	*x = DeleteFunctionRequest{}
-	mi := &file_kindling_proto_msgTypes[4]
+	mi := &file_kindling_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +707,7 @@ func (x *DeleteFunctionRequest) String() string {
 func (*DeleteFunctionRequest) ProtoMessage() {}
 
 func (x *DeleteFunctionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[4]
+	mi := &file_kindling_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +720,7 @@ func (x *DeleteFunctionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFunctionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFunctionRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{4}
+	return file_kindling_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeleteFunctionRequest) GetName() string {
@@ -642,7 +746,7 @@ type DeleteFunctionResponse struct {
 
 func (x *DeleteFunctionResponse) Reset() {
 	*x = DeleteFunctionResponse{}
-	mi := &file_kindling_proto_msgTypes[5]
+	mi := &file_kindling_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +758,7 @@ func (x *DeleteFunctionResponse) String() string {
 func (*DeleteFunctionResponse) ProtoMessage() {}
 
 func (x *DeleteFunctionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[5]
+	mi := &file_kindling_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +771,7 @@ func (x *DeleteFunctionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFunctionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFunctionResponse) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{5}
+	return file_kindling_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteFunctionResponse) GetDeletedVersions() []string {
@@ -685,7 +789,7 @@ type ListFunctionsRequest struct {
 
 func (x *ListFunctionsRequest) Reset() {
 	*x = ListFunctionsRequest{}
-	mi := &file_kindling_proto_msgTypes[6]
+	mi := &file_kindling_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +801,7 @@ func (x *ListFunctionsRequest) String() string {
 func (*ListFunctionsRequest) ProtoMessage() {}
 
 func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[6]
+	mi := &file_kindling_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +814,7 @@ func (x *ListFunctionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsRequest.ProtoReflect.Descriptor instead.
 func (*ListFunctionsRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{6}
+	return file_kindling_proto_rawDescGZIP(), []int{7}
 }
 
 type ListFunctionsResponse struct {
@@ -722,7 +826,7 @@ type ListFunctionsResponse struct {
 
 func (x *ListFunctionsResponse) Reset() {
 	*x = ListFunctionsResponse{}
-	mi := &file_kindling_proto_msgTypes[7]
+	mi := &file_kindling_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +838,7 @@ func (x *ListFunctionsResponse) String() string {
 func (*ListFunctionsResponse) ProtoMessage() {}
 
 func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[7]
+	mi := &file_kindling_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +851,7 @@ func (x *ListFunctionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFunctionsResponse.ProtoReflect.Descriptor instead.
 func (*ListFunctionsResponse) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{7}
+	return file_kindling_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListFunctionsResponse) GetFunctions() []*Function {
@@ -775,7 +879,7 @@ type InvokeRequest struct {
 
 func (x *InvokeRequest) Reset() {
 	*x = InvokeRequest{}
-	mi := &file_kindling_proto_msgTypes[8]
+	mi := &file_kindling_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +891,7 @@ func (x *InvokeRequest) String() string {
 func (*InvokeRequest) ProtoMessage() {}
 
 func (x *InvokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[8]
+	mi := &file_kindling_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +904,7 @@ func (x *InvokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeRequest.ProtoReflect.Descriptor instead.
 func (*InvokeRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{8}
+	return file_kindling_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InvokeRequest) GetFunction() string {
@@ -851,7 +955,7 @@ type InvokeEvent struct {
 
 func (x *InvokeEvent) Reset() {
 	*x = InvokeEvent{}
-	mi := &file_kindling_proto_msgTypes[9]
+	mi := &file_kindling_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +967,7 @@ func (x *InvokeEvent) String() string {
 func (*InvokeEvent) ProtoMessage() {}
 
 func (x *InvokeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[9]
+	mi := &file_kindling_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +980,7 @@ func (x *InvokeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeEvent.ProtoReflect.Descriptor instead.
 func (*InvokeEvent) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{9}
+	return file_kindling_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InvokeEvent) GetEvent() isInvokeEvent_Event {
@@ -931,7 +1035,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_kindling_proto_msgTypes[10]
+	mi := &file_kindling_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1047,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[10]
+	mi := &file_kindling_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1060,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{10}
+	return file_kindling_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LogLine) GetStream() string {
@@ -994,7 +1098,7 @@ type Phases struct {
 
 func (x *Phases) Reset() {
 	*x = Phases{}
-	mi := &file_kindling_proto_msgTypes[11]
+	mi := &file_kindling_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1110,7 @@ func (x *Phases) String() string {
 func (*Phases) ProtoMessage() {}
 
 func (x *Phases) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[11]
+	mi := &file_kindling_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1123,7 @@ func (x *Phases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Phases.ProtoReflect.Descriptor instead.
 func (*Phases) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{11}
+	return file_kindling_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Phases) GetQueuedUs() int64 {
@@ -1071,7 +1175,7 @@ type Invocation struct {
 
 func (x *Invocation) Reset() {
 	*x = Invocation{}
-	mi := &file_kindling_proto_msgTypes[12]
+	mi := &file_kindling_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1187,7 @@ func (x *Invocation) String() string {
 func (*Invocation) ProtoMessage() {}
 
 func (x *Invocation) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[12]
+	mi := &file_kindling_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1200,7 @@ func (x *Invocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invocation.ProtoReflect.Descriptor instead.
 func (*Invocation) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{12}
+	return file_kindling_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Invocation) GetInvocationId() string {
@@ -1222,7 +1326,7 @@ type InvokeAsyncResponse struct {
 
 func (x *InvokeAsyncResponse) Reset() {
 	*x = InvokeAsyncResponse{}
-	mi := &file_kindling_proto_msgTypes[13]
+	mi := &file_kindling_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1338,7 @@ func (x *InvokeAsyncResponse) String() string {
 func (*InvokeAsyncResponse) ProtoMessage() {}
 
 func (x *InvokeAsyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[13]
+	mi := &file_kindling_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1351,7 @@ func (x *InvokeAsyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvokeAsyncResponse.ProtoReflect.Descriptor instead.
 func (*InvokeAsyncResponse) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{13}
+	return file_kindling_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InvokeAsyncResponse) GetInvocationId() string {
@@ -1273,7 +1377,7 @@ type GetInvocationRequest struct {
 
 func (x *GetInvocationRequest) Reset() {
 	*x = GetInvocationRequest{}
-	mi := &file_kindling_proto_msgTypes[14]
+	mi := &file_kindling_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1389,7 @@ func (x *GetInvocationRequest) String() string {
 func (*GetInvocationRequest) ProtoMessage() {}
 
 func (x *GetInvocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[14]
+	mi := &file_kindling_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1402,7 @@ func (x *GetInvocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInvocationRequest.ProtoReflect.Descriptor instead.
 func (*GetInvocationRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{14}
+	return file_kindling_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetInvocationRequest) GetInvocationId() string {
@@ -1321,7 +1425,7 @@ type PrewarmRequest struct {
 
 func (x *PrewarmRequest) Reset() {
 	*x = PrewarmRequest{}
-	mi := &file_kindling_proto_msgTypes[15]
+	mi := &file_kindling_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1437,7 @@ func (x *PrewarmRequest) String() string {
 func (*PrewarmRequest) ProtoMessage() {}
 
 func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[15]
+	mi := &file_kindling_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1450,7 @@ func (x *PrewarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmRequest.ProtoReflect.Descriptor instead.
 func (*PrewarmRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{15}
+	return file_kindling_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PrewarmRequest) GetFunction() string {
@@ -1382,18 +1486,24 @@ type PrewarmResponse struct {
 	Instances []*Instance            `protobuf:"bytes,1,rep,name=instances,proto3" json:"instances,omitempty"`
 	// snapshot is the warm snapshot cut, or empty with snapshot_note saying
 	// why not (the process backend cannot snapshot).
-	Snapshot      string `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	SnapshotNote  string `protobuf:"bytes,3,opt,name=snapshot_note,json=snapshotNote,proto3" json:"snapshot_note,omitempty"`
-	BootUs        int64  `protobuf:"varint,4,opt,name=boot_us,json=bootUs,proto3" json:"boot_us,omitempty"`
-	WarmupUs      int64  `protobuf:"varint,5,opt,name=warmup_us,json=warmupUs,proto3" json:"warmup_us,omitempty"`
-	SnapshotUs    int64  `protobuf:"varint,6,opt,name=snapshot_us,json=snapshotUs,proto3" json:"snapshot_us,omitempty"`
+	Snapshot     string `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	SnapshotNote string `protobuf:"bytes,3,opt,name=snapshot_note,json=snapshotNote,proto3" json:"snapshot_note,omitempty"`
+	BootUs       int64  `protobuf:"varint,4,opt,name=boot_us,json=bootUs,proto3" json:"boot_us,omitempty"`
+	WarmupUs     int64  `protobuf:"varint,5,opt,name=warmup_us,json=warmupUs,proto3" json:"warmup_us,omitempty"`
+	SnapshotUs   int64  `protobuf:"varint,6,opt,name=snapshot_us,json=snapshotUs,proto3" json:"snapshot_us,omitempty"`
+	// warmups_run before the snapshot was cut; snap_start says the task
+	// speaks SnapStart, whose checkpoint comes at the end of its init: its
+	// before-snapshot hook is where it primes itself, and the warm-up
+	// payloads are not run before the cut.
+	WarmupsRun    uint32 `protobuf:"varint,7,opt,name=warmups_run,json=warmupsRun,proto3" json:"warmups_run,omitempty"`
+	SnapStart     bool   `protobuf:"varint,8,opt,name=snap_start,json=snapStart,proto3" json:"snap_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PrewarmResponse) Reset() {
 	*x = PrewarmResponse{}
-	mi := &file_kindling_proto_msgTypes[16]
+	mi := &file_kindling_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1515,7 @@ func (x *PrewarmResponse) String() string {
 func (*PrewarmResponse) ProtoMessage() {}
 
 func (x *PrewarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[16]
+	mi := &file_kindling_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1528,7 @@ func (x *PrewarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrewarmResponse.ProtoReflect.Descriptor instead.
 func (*PrewarmResponse) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{16}
+	return file_kindling_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PrewarmResponse) GetInstances() []*Instance {
@@ -1463,6 +1573,20 @@ func (x *PrewarmResponse) GetSnapshotUs() int64 {
 	return 0
 }
 
+func (x *PrewarmResponse) GetWarmupsRun() uint32 {
+	if x != nil {
+		return x.WarmupsRun
+	}
+	return 0
+}
+
+func (x *PrewarmResponse) GetSnapStart() bool {
+	if x != nil {
+		return x.SnapStart
+	}
+	return false
+}
+
 type Instance struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Id               string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1482,7 +1606,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_kindling_proto_msgTypes[17]
+	mi := &file_kindling_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1618,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[17]
+	mi := &file_kindling_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1631,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{17}
+	return file_kindling_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Instance) GetId() string {
@@ -1596,7 +1720,7 @@ type ListInstancesRequest struct {
 
 func (x *ListInstancesRequest) Reset() {
 	*x = ListInstancesRequest{}
-	mi := &file_kindling_proto_msgTypes[18]
+	mi := &file_kindling_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1732,7 @@ func (x *ListInstancesRequest) String() string {
 func (*ListInstancesRequest) ProtoMessage() {}
 
 func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[18]
+	mi := &file_kindling_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1745,7 @@ func (x *ListInstancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesRequest.ProtoReflect.Descriptor instead.
 func (*ListInstancesRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{18}
+	return file_kindling_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListInstancesRequest) GetFunction() string {
@@ -1640,7 +1764,7 @@ type ListInstancesResponse struct {
 
 func (x *ListInstancesResponse) Reset() {
 	*x = ListInstancesResponse{}
-	mi := &file_kindling_proto_msgTypes[19]
+	mi := &file_kindling_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1776,7 @@ func (x *ListInstancesResponse) String() string {
 func (*ListInstancesResponse) ProtoMessage() {}
 
 func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[19]
+	mi := &file_kindling_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1789,7 @@ func (x *ListInstancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInstancesResponse.ProtoReflect.Descriptor instead.
 func (*ListInstancesResponse) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{19}
+	return file_kindling_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListInstancesResponse) GetInstances() []*Instance {
@@ -1683,7 +1807,7 @@ type HostStatusRequest struct {
 
 func (x *HostStatusRequest) Reset() {
 	*x = HostStatusRequest{}
-	mi := &file_kindling_proto_msgTypes[20]
+	mi := &file_kindling_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +1819,7 @@ func (x *HostStatusRequest) String() string {
 func (*HostStatusRequest) ProtoMessage() {}
 
 func (x *HostStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[20]
+	mi := &file_kindling_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1708,7 +1832,7 @@ func (x *HostStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostStatusRequest.ProtoReflect.Descriptor instead.
 func (*HostStatusRequest) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{20}
+	return file_kindling_proto_rawDescGZIP(), []int{21}
 }
 
 type KVMStatus struct {
@@ -1727,7 +1851,7 @@ type KVMStatus struct {
 
 func (x *KVMStatus) Reset() {
 	*x = KVMStatus{}
-	mi := &file_kindling_proto_msgTypes[21]
+	mi := &file_kindling_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1863,7 @@ func (x *KVMStatus) String() string {
 func (*KVMStatus) ProtoMessage() {}
 
 func (x *KVMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[21]
+	mi := &file_kindling_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1876,7 @@ func (x *KVMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVMStatus.ProtoReflect.Descriptor instead.
 func (*KVMStatus) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{21}
+	return file_kindling_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *KVMStatus) GetAvailable() bool {
@@ -1831,7 +1955,7 @@ type HostStatusResponse struct {
 
 func (x *HostStatusResponse) Reset() {
 	*x = HostStatusResponse{}
-	mi := &file_kindling_proto_msgTypes[22]
+	mi := &file_kindling_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +1967,7 @@ func (x *HostStatusResponse) String() string {
 func (*HostStatusResponse) ProtoMessage() {}
 
 func (x *HostStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kindling_proto_msgTypes[22]
+	mi := &file_kindling_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +1980,7 @@ func (x *HostStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostStatusResponse.ProtoReflect.Descriptor instead.
 func (*HostStatusResponse) Descriptor() ([]byte, []int) {
-	return file_kindling_proto_rawDescGZIP(), []int{22}
+	return file_kindling_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HostStatusResponse) GetBackend() string {
@@ -1971,6 +2095,331 @@ func (x *HostStatusResponse) GetStateDir() string {
 	return ""
 }
 
+type GetProfileRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Function string                 `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
+	// version: empty means the latest registered.
+	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProfileRequest) Reset() {
+	*x = GetProfileRequest{}
+	mi := &file_kindling_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProfileRequest) ProtoMessage() {}
+
+func (x *GetProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kindling_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProfileRequest.ProtoReflect.Descriptor instead.
+func (*GetProfileRequest) Descriptor() ([]byte, []int) {
+	return file_kindling_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetProfileRequest) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+func (x *GetProfileRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+type GetProfileResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// profile is the merged pprof profile (gzipped protobuf); empty when
+	// none was collected.
+	Profile []byte `protobuf:"bytes,2,opt,name=profile,proto3" json:"profile,omitempty"`
+	// profiles merged into it, and profiles refused (corrupt, foreign, or
+	// of another build of the task).
+	Profiles      uint64          `protobuf:"varint,3,opt,name=profiles,proto3" json:"profiles,omitempty"`
+	Refused       uint64          `protobuf:"varint,4,opt,name=refused,proto3" json:"refused,omitempty"`
+	Samples       uint64          `protobuf:"varint,5,opt,name=samples,proto3" json:"samples,omitempty"`
+	Usage         *VersionUsage   `protobuf:"bytes,6,opt,name=usage,proto3" json:"usage,omitempty"`
+	Hints         []*HardwareHint `protobuf:"bytes,7,rep,name=hints,proto3" json:"hints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProfileResponse) Reset() {
+	*x = GetProfileResponse{}
+	mi := &file_kindling_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProfileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProfileResponse) ProtoMessage() {}
+
+func (x *GetProfileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kindling_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProfileResponse.ProtoReflect.Descriptor instead.
+func (*GetProfileResponse) Descriptor() ([]byte, []int) {
+	return file_kindling_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GetProfileResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GetProfileResponse) GetProfile() []byte {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+func (x *GetProfileResponse) GetProfiles() uint64 {
+	if x != nil {
+		return x.Profiles
+	}
+	return 0
+}
+
+func (x *GetProfileResponse) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *GetProfileResponse) GetSamples() uint64 {
+	if x != nil {
+		return x.Samples
+	}
+	return 0
+}
+
+func (x *GetProfileResponse) GetUsage() *VersionUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *GetProfileResponse) GetHints() []*HardwareHint {
+	if x != nil {
+		return x.Hints
+	}
+	return nil
+}
+
+// HardwareHint is an optional instruction-set extension the version's
+// code dispatches to at run time, and how much of its CPU goes there.
+type HardwareHint struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Extension string                 `protobuf:"bytes,1,opt,name=extension,proto3" json:"extension,omitempty"`
+	// fraction of the profile's CPU in code dispatched on it.
+	Fraction float64 `protobuf:"fixed64,2,opt,name=fraction,proto3" json:"fraction,omitempty"`
+	// wanted: enough of its time that a CPU exposing it should serve it.
+	Wanted        bool     `protobuf:"varint,3,opt,name=wanted,proto3" json:"wanted,omitempty"`
+	Functions     []string `protobuf:"bytes,4,rep,name=functions,proto3" json:"functions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HardwareHint) Reset() {
+	*x = HardwareHint{}
+	mi := &file_kindling_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HardwareHint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HardwareHint) ProtoMessage() {}
+
+func (x *HardwareHint) ProtoReflect() protoreflect.Message {
+	mi := &file_kindling_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HardwareHint.ProtoReflect.Descriptor instead.
+func (*HardwareHint) Descriptor() ([]byte, []int) {
+	return file_kindling_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *HardwareHint) GetExtension() string {
+	if x != nil {
+		return x.Extension
+	}
+	return ""
+}
+
+func (x *HardwareHint) GetFraction() float64 {
+	if x != nil {
+		return x.Fraction
+	}
+	return 0
+}
+
+func (x *HardwareHint) GetWanted() bool {
+	if x != nil {
+		return x.Wanted
+	}
+	return false
+}
+
+func (x *HardwareHint) GetFunctions() []string {
+	if x != nil {
+		return x.Functions
+	}
+	return nil
+}
+
+type GetArtifactRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Function      string                 `protobuf:"bytes,1,opt,name=function,proto3" json:"function,omitempty"`
+	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetArtifactRequest) Reset() {
+	*x = GetArtifactRequest{}
+	mi := &file_kindling_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetArtifactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetArtifactRequest) ProtoMessage() {}
+
+func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kindling_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetArtifactRequest.ProtoReflect.Descriptor instead.
+func (*GetArtifactRequest) Descriptor() ([]byte, []int) {
+	return file_kindling_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetArtifactRequest) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+func (x *GetArtifactRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GetArtifactRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ArtifactChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArtifactChunk) Reset() {
+	*x = ArtifactChunk{}
+	mi := &file_kindling_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArtifactChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArtifactChunk) ProtoMessage() {}
+
+func (x *ArtifactChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_kindling_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArtifactChunk.ProtoReflect.Descriptor instead.
+func (*ArtifactChunk) Descriptor() ([]byte, []int) {
+	return file_kindling_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ArtifactChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_kindling_proto protoreflect.FileDescriptor
 
 const file_kindling_proto_rawDesc = "" +
@@ -1978,7 +2427,7 @@ const file_kindling_proto_rawDesc = "" +
 	"\x0ekindling.proto\x12\vkindling.v1\"G\n" +
 	"\bImageRef\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12'\n" +
-	"\x0fmanifest_sha256\x18\x02 \x01(\tR\x0emanifestSha256\"\xf2\x04\n" +
+	"\x0fmanifest_sha256\x18\x02 \x01(\tR\x0emanifestSha256\"\xa6\x05\n" +
 	"\fFunctionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12+\n" +
@@ -1998,14 +2447,22 @@ const file_kindling_proto_rawDesc = "" +
 	"\vqueue_limit\x18\r \x01(\rR\n" +
 	"queueLimit\x12'\n" +
 	"\x0fwarmup_payloads\x18\x0e \x03(\fR\x0ewarmupPayloads\x124\n" +
-	"\anetwork\x18\x0f \x01(\x0e2\x1a.kindling.v1.NetworkPolicyR\anetwork\x1a>\n" +
+	"\anetwork\x18\x0f \x01(\x0e2\x1a.kindling.v1.NetworkPolicyR\anetwork\x122\n" +
+	"\x15checkpoint_timeout_ms\x18\x10 \x01(\rR\x13checkpointTimeoutMs\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x01\n" +
 	"\bFunction\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.kindling.v1.FunctionSpecR\x04spec\x120\n" +
 	"\x14registered_unix_nano\x18\x02 \x01(\x03R\x12registeredUnixNano\x12\x1a\n" +
-	"\bsnapshot\x18\x03 \x01(\tR\bsnapshot\"P\n" +
+	"\bsnapshot\x18\x03 \x01(\tR\bsnapshot\x12/\n" +
+	"\x05usage\x18\x04 \x01(\v2\x19.kindling.v1.VersionUsageR\x05usage\"\xc1\x01\n" +
+	"\fVersionUsage\x12 \n" +
+	"\vinvocations\x18\x01 \x01(\x04R\vinvocations\x12\x15\n" +
+	"\x06cpu_ns\x18\x02 \x01(\x04R\x05cpuNs\x121\n" +
+	"\x15cpu_ns_per_invocation\x18\x03 \x01(\x04R\x12cpuNsPerInvocation\x12'\n" +
+	"\x0fprofile_samples\x18\x04 \x01(\x04R\x0eprofileSamples\x12\x1c\n" +
+	"\tartifacts\x18\x05 \x03(\tR\tartifacts\"P\n" +
 	"\x17RegisterFunctionRequest\x125\n" +
 	"\bfunction\x18\x01 \x01(\v2\x19.kindling.v1.FunctionSpecR\bfunction\"E\n" +
 	"\x15DeleteFunctionRequest\x12\x12\n" +
@@ -2064,7 +2521,7 @@ const file_kindling_proto_rawDesc = "" +
 	"\bfunction\x18\x01 \x01(\tR\bfunction\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
 	"\x06tenant\x18\x03 \x01(\tR\x06tenant\x12\x1c\n" +
-	"\tinstances\x18\x04 \x01(\rR\tinstances\"\xde\x01\n" +
+	"\tinstances\x18\x04 \x01(\rR\tinstances\"\x9e\x02\n" +
 	"\x0fPrewarmResponse\x123\n" +
 	"\tinstances\x18\x01 \x03(\v2\x15.kindling.v1.InstanceR\tinstances\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\tR\bsnapshot\x12#\n" +
@@ -2072,7 +2529,11 @@ const file_kindling_proto_rawDesc = "" +
 	"\aboot_us\x18\x04 \x01(\x03R\x06bootUs\x12\x1b\n" +
 	"\twarmup_us\x18\x05 \x01(\x03R\bwarmupUs\x12\x1f\n" +
 	"\vsnapshot_us\x18\x06 \x01(\x03R\n" +
-	"snapshotUs\"\xfa\x02\n" +
+	"snapshotUs\x12\x1f\n" +
+	"\vwarmups_run\x18\a \x01(\rR\n" +
+	"warmupsRun\x12\x1d\n" +
+	"\n" +
+	"snap_start\x18\b \x01(\bR\tsnapStart\"\xfa\x02\n" +
 	"\bInstance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bfunction\x18\x02 \x01(\tR\bfunction\x12\x18\n" +
@@ -2120,7 +2581,29 @@ const file_kindling_proto_rawDesc = "" +
 	"\n" +
 	"go_version\x18\x0e \x01(\tR\tgoVersion\x12%\n" +
 	"\x0ekernel_version\x18\x0f \x01(\tR\rkernelVersion\x12\x1b\n" +
-	"\tstate_dir\x18\x10 \x01(\tR\bstateDir*5\n" +
+	"\tstate_dir\x18\x10 \x01(\tR\bstateDir\"I\n" +
+	"\x11GetProfileRequest\x12\x1a\n" +
+	"\bfunction\x18\x01 \x01(\tR\bfunction\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"\xfa\x01\n" +
+	"\x12GetProfileResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
+	"\aprofile\x18\x02 \x01(\fR\aprofile\x12\x1a\n" +
+	"\bprofiles\x18\x03 \x01(\x04R\bprofiles\x12\x18\n" +
+	"\arefused\x18\x04 \x01(\x04R\arefused\x12\x18\n" +
+	"\asamples\x18\x05 \x01(\x04R\asamples\x12/\n" +
+	"\x05usage\x18\x06 \x01(\v2\x19.kindling.v1.VersionUsageR\x05usage\x12/\n" +
+	"\x05hints\x18\a \x03(\v2\x19.kindling.v1.HardwareHintR\x05hints\"~\n" +
+	"\fHardwareHint\x12\x1c\n" +
+	"\textension\x18\x01 \x01(\tR\textension\x12\x1a\n" +
+	"\bfraction\x18\x02 \x01(\x01R\bfraction\x12\x16\n" +
+	"\x06wanted\x18\x03 \x01(\bR\x06wanted\x12\x1c\n" +
+	"\tfunctions\x18\x04 \x03(\tR\tfunctions\"^\n" +
+	"\x12GetArtifactRequest\x12\x1a\n" +
+	"\bfunction\x18\x01 \x01(\tR\bfunction\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"#\n" +
+	"\rArtifactChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*5\n" +
 	"\rNetworkPolicy\x12\x10\n" +
 	"\fNETWORK_NONE\x10\x00\x12\x12\n" +
 	"\x0eNETWORK_EGRESS\x10\x01*i\n" +
@@ -2141,7 +2624,7 @@ const file_kindling_proto_rawDesc = "" +
 	"\bSTARTING\x10\x01\x12\b\n" +
 	"\x04IDLE\x10\x02\x12\b\n" +
 	"\x04BUSY\x10\x03\x12\v\n" +
-	"\aSTANDBY\x10\x042\xd7\x05\n" +
+	"\aSTANDBY\x10\x042\xf4\x06\n" +
 	"\bKindling\x12O\n" +
 	"\x10RegisterFunction\x12$.kindling.v1.RegisterFunctionRequest\x1a\x15.kindling.v1.Function\x12Y\n" +
 	"\x0eDeleteFunction\x12\".kindling.v1.DeleteFunctionRequest\x1a#.kindling.v1.DeleteFunctionResponse\x12V\n" +
@@ -2152,7 +2635,10 @@ const file_kindling_proto_rawDesc = "" +
 	"\aPrewarm\x12\x1b.kindling.v1.PrewarmRequest\x1a\x1c.kindling.v1.PrewarmResponse\x12V\n" +
 	"\rListInstances\x12!.kindling.v1.ListInstancesRequest\x1a\".kindling.v1.ListInstancesResponse\x12M\n" +
 	"\n" +
-	"HostStatus\x12\x1e.kindling.v1.HostStatusRequest\x1a\x1f.kindling.v1.HostStatusResponseB.Z,github.com/kindlingvm/kindling/agent/api;apib\x06proto3"
+	"HostStatus\x12\x1e.kindling.v1.HostStatusRequest\x1a\x1f.kindling.v1.HostStatusResponse\x12M\n" +
+	"\n" +
+	"GetProfile\x12\x1e.kindling.v1.GetProfileRequest\x1a\x1f.kindling.v1.GetProfileResponse\x12L\n" +
+	"\vGetArtifact\x12\x1f.kindling.v1.GetArtifactRequest\x1a\x1a.kindling.v1.ArtifactChunk0\x01B.Z,github.com/kindlingvm/kindling/agent/api;apib\x06proto3"
 
 var (
 	file_kindling_proto_rawDescOnce sync.Once
@@ -2167,7 +2653,7 @@ func file_kindling_proto_rawDescGZIP() []byte {
 }
 
 var file_kindling_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_kindling_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_kindling_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_kindling_proto_goTypes = []any{
 	(NetworkPolicy)(0),              // 0: kindling.v1.NetworkPolicy
 	(InvocationState)(0),            // 1: kindling.v1.InvocationState
@@ -2176,68 +2662,81 @@ var file_kindling_proto_goTypes = []any{
 	(*ImageRef)(nil),                // 4: kindling.v1.ImageRef
 	(*FunctionSpec)(nil),            // 5: kindling.v1.FunctionSpec
 	(*Function)(nil),                // 6: kindling.v1.Function
-	(*RegisterFunctionRequest)(nil), // 7: kindling.v1.RegisterFunctionRequest
-	(*DeleteFunctionRequest)(nil),   // 8: kindling.v1.DeleteFunctionRequest
-	(*DeleteFunctionResponse)(nil),  // 9: kindling.v1.DeleteFunctionResponse
-	(*ListFunctionsRequest)(nil),    // 10: kindling.v1.ListFunctionsRequest
-	(*ListFunctionsResponse)(nil),   // 11: kindling.v1.ListFunctionsResponse
-	(*InvokeRequest)(nil),           // 12: kindling.v1.InvokeRequest
-	(*InvokeEvent)(nil),             // 13: kindling.v1.InvokeEvent
-	(*LogLine)(nil),                 // 14: kindling.v1.LogLine
-	(*Phases)(nil),                  // 15: kindling.v1.Phases
-	(*Invocation)(nil),              // 16: kindling.v1.Invocation
-	(*InvokeAsyncResponse)(nil),     // 17: kindling.v1.InvokeAsyncResponse
-	(*GetInvocationRequest)(nil),    // 18: kindling.v1.GetInvocationRequest
-	(*PrewarmRequest)(nil),          // 19: kindling.v1.PrewarmRequest
-	(*PrewarmResponse)(nil),         // 20: kindling.v1.PrewarmResponse
-	(*Instance)(nil),                // 21: kindling.v1.Instance
-	(*ListInstancesRequest)(nil),    // 22: kindling.v1.ListInstancesRequest
-	(*ListInstancesResponse)(nil),   // 23: kindling.v1.ListInstancesResponse
-	(*HostStatusRequest)(nil),       // 24: kindling.v1.HostStatusRequest
-	(*KVMStatus)(nil),               // 25: kindling.v1.KVMStatus
-	(*HostStatusResponse)(nil),      // 26: kindling.v1.HostStatusResponse
-	nil,                             // 27: kindling.v1.FunctionSpec.EnvironmentEntry
+	(*VersionUsage)(nil),            // 7: kindling.v1.VersionUsage
+	(*RegisterFunctionRequest)(nil), // 8: kindling.v1.RegisterFunctionRequest
+	(*DeleteFunctionRequest)(nil),   // 9: kindling.v1.DeleteFunctionRequest
+	(*DeleteFunctionResponse)(nil),  // 10: kindling.v1.DeleteFunctionResponse
+	(*ListFunctionsRequest)(nil),    // 11: kindling.v1.ListFunctionsRequest
+	(*ListFunctionsResponse)(nil),   // 12: kindling.v1.ListFunctionsResponse
+	(*InvokeRequest)(nil),           // 13: kindling.v1.InvokeRequest
+	(*InvokeEvent)(nil),             // 14: kindling.v1.InvokeEvent
+	(*LogLine)(nil),                 // 15: kindling.v1.LogLine
+	(*Phases)(nil),                  // 16: kindling.v1.Phases
+	(*Invocation)(nil),              // 17: kindling.v1.Invocation
+	(*InvokeAsyncResponse)(nil),     // 18: kindling.v1.InvokeAsyncResponse
+	(*GetInvocationRequest)(nil),    // 19: kindling.v1.GetInvocationRequest
+	(*PrewarmRequest)(nil),          // 20: kindling.v1.PrewarmRequest
+	(*PrewarmResponse)(nil),         // 21: kindling.v1.PrewarmResponse
+	(*Instance)(nil),                // 22: kindling.v1.Instance
+	(*ListInstancesRequest)(nil),    // 23: kindling.v1.ListInstancesRequest
+	(*ListInstancesResponse)(nil),   // 24: kindling.v1.ListInstancesResponse
+	(*HostStatusRequest)(nil),       // 25: kindling.v1.HostStatusRequest
+	(*KVMStatus)(nil),               // 26: kindling.v1.KVMStatus
+	(*HostStatusResponse)(nil),      // 27: kindling.v1.HostStatusResponse
+	(*GetProfileRequest)(nil),       // 28: kindling.v1.GetProfileRequest
+	(*GetProfileResponse)(nil),      // 29: kindling.v1.GetProfileResponse
+	(*HardwareHint)(nil),            // 30: kindling.v1.HardwareHint
+	(*GetArtifactRequest)(nil),      // 31: kindling.v1.GetArtifactRequest
+	(*ArtifactChunk)(nil),           // 32: kindling.v1.ArtifactChunk
+	nil,                             // 33: kindling.v1.FunctionSpec.EnvironmentEntry
 }
 var file_kindling_proto_depIdxs = []int32{
 	4,  // 0: kindling.v1.FunctionSpec.image:type_name -> kindling.v1.ImageRef
-	27, // 1: kindling.v1.FunctionSpec.environment:type_name -> kindling.v1.FunctionSpec.EnvironmentEntry
+	33, // 1: kindling.v1.FunctionSpec.environment:type_name -> kindling.v1.FunctionSpec.EnvironmentEntry
 	0,  // 2: kindling.v1.FunctionSpec.network:type_name -> kindling.v1.NetworkPolicy
 	5,  // 3: kindling.v1.Function.spec:type_name -> kindling.v1.FunctionSpec
-	5,  // 4: kindling.v1.RegisterFunctionRequest.function:type_name -> kindling.v1.FunctionSpec
-	6,  // 5: kindling.v1.ListFunctionsResponse.functions:type_name -> kindling.v1.Function
-	14, // 6: kindling.v1.InvokeEvent.log:type_name -> kindling.v1.LogLine
-	16, // 7: kindling.v1.InvokeEvent.result:type_name -> kindling.v1.Invocation
-	1,  // 8: kindling.v1.Invocation.state:type_name -> kindling.v1.InvocationState
-	2,  // 9: kindling.v1.Invocation.start:type_name -> kindling.v1.StartKind
-	15, // 10: kindling.v1.Invocation.phases:type_name -> kindling.v1.Phases
-	21, // 11: kindling.v1.PrewarmResponse.instances:type_name -> kindling.v1.Instance
-	3,  // 12: kindling.v1.Instance.state:type_name -> kindling.v1.InstanceState
-	2,  // 13: kindling.v1.Instance.started_as:type_name -> kindling.v1.StartKind
-	21, // 14: kindling.v1.ListInstancesResponse.instances:type_name -> kindling.v1.Instance
-	25, // 15: kindling.v1.HostStatusResponse.kvm:type_name -> kindling.v1.KVMStatus
-	7,  // 16: kindling.v1.Kindling.RegisterFunction:input_type -> kindling.v1.RegisterFunctionRequest
-	8,  // 17: kindling.v1.Kindling.DeleteFunction:input_type -> kindling.v1.DeleteFunctionRequest
-	10, // 18: kindling.v1.Kindling.ListFunctions:input_type -> kindling.v1.ListFunctionsRequest
-	12, // 19: kindling.v1.Kindling.Invoke:input_type -> kindling.v1.InvokeRequest
-	12, // 20: kindling.v1.Kindling.InvokeAsync:input_type -> kindling.v1.InvokeRequest
-	18, // 21: kindling.v1.Kindling.GetInvocation:input_type -> kindling.v1.GetInvocationRequest
-	19, // 22: kindling.v1.Kindling.Prewarm:input_type -> kindling.v1.PrewarmRequest
-	22, // 23: kindling.v1.Kindling.ListInstances:input_type -> kindling.v1.ListInstancesRequest
-	24, // 24: kindling.v1.Kindling.HostStatus:input_type -> kindling.v1.HostStatusRequest
-	6,  // 25: kindling.v1.Kindling.RegisterFunction:output_type -> kindling.v1.Function
-	9,  // 26: kindling.v1.Kindling.DeleteFunction:output_type -> kindling.v1.DeleteFunctionResponse
-	11, // 27: kindling.v1.Kindling.ListFunctions:output_type -> kindling.v1.ListFunctionsResponse
-	13, // 28: kindling.v1.Kindling.Invoke:output_type -> kindling.v1.InvokeEvent
-	17, // 29: kindling.v1.Kindling.InvokeAsync:output_type -> kindling.v1.InvokeAsyncResponse
-	16, // 30: kindling.v1.Kindling.GetInvocation:output_type -> kindling.v1.Invocation
-	20, // 31: kindling.v1.Kindling.Prewarm:output_type -> kindling.v1.PrewarmResponse
-	23, // 32: kindling.v1.Kindling.ListInstances:output_type -> kindling.v1.ListInstancesResponse
-	26, // 33: kindling.v1.Kindling.HostStatus:output_type -> kindling.v1.HostStatusResponse
-	25, // [25:34] is the sub-list for method output_type
-	16, // [16:25] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	7,  // 4: kindling.v1.Function.usage:type_name -> kindling.v1.VersionUsage
+	5,  // 5: kindling.v1.RegisterFunctionRequest.function:type_name -> kindling.v1.FunctionSpec
+	6,  // 6: kindling.v1.ListFunctionsResponse.functions:type_name -> kindling.v1.Function
+	15, // 7: kindling.v1.InvokeEvent.log:type_name -> kindling.v1.LogLine
+	17, // 8: kindling.v1.InvokeEvent.result:type_name -> kindling.v1.Invocation
+	1,  // 9: kindling.v1.Invocation.state:type_name -> kindling.v1.InvocationState
+	2,  // 10: kindling.v1.Invocation.start:type_name -> kindling.v1.StartKind
+	16, // 11: kindling.v1.Invocation.phases:type_name -> kindling.v1.Phases
+	22, // 12: kindling.v1.PrewarmResponse.instances:type_name -> kindling.v1.Instance
+	3,  // 13: kindling.v1.Instance.state:type_name -> kindling.v1.InstanceState
+	2,  // 14: kindling.v1.Instance.started_as:type_name -> kindling.v1.StartKind
+	22, // 15: kindling.v1.ListInstancesResponse.instances:type_name -> kindling.v1.Instance
+	26, // 16: kindling.v1.HostStatusResponse.kvm:type_name -> kindling.v1.KVMStatus
+	7,  // 17: kindling.v1.GetProfileResponse.usage:type_name -> kindling.v1.VersionUsage
+	30, // 18: kindling.v1.GetProfileResponse.hints:type_name -> kindling.v1.HardwareHint
+	8,  // 19: kindling.v1.Kindling.RegisterFunction:input_type -> kindling.v1.RegisterFunctionRequest
+	9,  // 20: kindling.v1.Kindling.DeleteFunction:input_type -> kindling.v1.DeleteFunctionRequest
+	11, // 21: kindling.v1.Kindling.ListFunctions:input_type -> kindling.v1.ListFunctionsRequest
+	13, // 22: kindling.v1.Kindling.Invoke:input_type -> kindling.v1.InvokeRequest
+	13, // 23: kindling.v1.Kindling.InvokeAsync:input_type -> kindling.v1.InvokeRequest
+	19, // 24: kindling.v1.Kindling.GetInvocation:input_type -> kindling.v1.GetInvocationRequest
+	20, // 25: kindling.v1.Kindling.Prewarm:input_type -> kindling.v1.PrewarmRequest
+	23, // 26: kindling.v1.Kindling.ListInstances:input_type -> kindling.v1.ListInstancesRequest
+	25, // 27: kindling.v1.Kindling.HostStatus:input_type -> kindling.v1.HostStatusRequest
+	28, // 28: kindling.v1.Kindling.GetProfile:input_type -> kindling.v1.GetProfileRequest
+	31, // 29: kindling.v1.Kindling.GetArtifact:input_type -> kindling.v1.GetArtifactRequest
+	6,  // 30: kindling.v1.Kindling.RegisterFunction:output_type -> kindling.v1.Function
+	10, // 31: kindling.v1.Kindling.DeleteFunction:output_type -> kindling.v1.DeleteFunctionResponse
+	12, // 32: kindling.v1.Kindling.ListFunctions:output_type -> kindling.v1.ListFunctionsResponse
+	14, // 33: kindling.v1.Kindling.Invoke:output_type -> kindling.v1.InvokeEvent
+	18, // 34: kindling.v1.Kindling.InvokeAsync:output_type -> kindling.v1.InvokeAsyncResponse
+	17, // 35: kindling.v1.Kindling.GetInvocation:output_type -> kindling.v1.Invocation
+	21, // 36: kindling.v1.Kindling.Prewarm:output_type -> kindling.v1.PrewarmResponse
+	24, // 37: kindling.v1.Kindling.ListInstances:output_type -> kindling.v1.ListInstancesResponse
+	27, // 38: kindling.v1.Kindling.HostStatus:output_type -> kindling.v1.HostStatusResponse
+	29, // 39: kindling.v1.Kindling.GetProfile:output_type -> kindling.v1.GetProfileResponse
+	32, // 40: kindling.v1.Kindling.GetArtifact:output_type -> kindling.v1.ArtifactChunk
+	30, // [30:41] is the sub-list for method output_type
+	19, // [19:30] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_kindling_proto_init() }
@@ -2245,7 +2744,7 @@ func file_kindling_proto_init() {
 	if File_kindling_proto != nil {
 		return
 	}
-	file_kindling_proto_msgTypes[9].OneofWrappers = []any{
+	file_kindling_proto_msgTypes[10].OneofWrappers = []any{
 		(*InvokeEvent_Log)(nil),
 		(*InvokeEvent_Result)(nil),
 	}
@@ -2255,7 +2754,7 @@ func file_kindling_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kindling_proto_rawDesc), len(file_kindling_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

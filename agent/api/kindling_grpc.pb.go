@@ -38,6 +38,8 @@ const (
 	Kindling_Prewarm_FullMethodName          = "/kindling.v1.Kindling/Prewarm"
 	Kindling_ListInstances_FullMethodName    = "/kindling.v1.Kindling/ListInstances"
 	Kindling_HostStatus_FullMethodName       = "/kindling.v1.Kindling/HostStatus"
+	Kindling_GetProfile_FullMethodName       = "/kindling.v1.Kindling/GetProfile"
+	Kindling_GetArtifact_FullMethodName      = "/kindling.v1.Kindling/GetArtifact"
 )
 
 // KindlingClient is the client API for Kindling service.
@@ -65,6 +67,15 @@ type KindlingClient interface {
 	Prewarm(ctx context.Context, in *PrewarmRequest, opts ...grpc.CallOption) (*PrewarmResponse, error)
 	ListInstances(ctx context.Context, in *ListInstancesRequest, opts ...grpc.CallOption) (*ListInstancesResponse, error)
 	HostStatus(ctx context.Context, in *HostStatusRequest, opts ...grpc.CallOption) (*HostStatusResponse, error)
+	// GetProfile returns a version's merged CPU profile (pprof), collected
+	// from its invocations when its image was built with profiling on, the
+	// CPU its invocations used, and the instruction-set extensions its
+	// profile says it wants.
+	GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (*GetProfileResponse, error)
+	// GetArtifact streams an artifact a version's instances produced during
+	// their warm-up (node-compile-cache: a tar of Node's compile cache), to
+	// be baked into the next image.
+	GetArtifact(ctx context.Context, in *GetArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ArtifactChunk], error)
 }
 
 type kindlingClient struct {
@@ -174,6 +185,35 @@ func (c *kindlingClient) HostStatus(ctx context.Context, in *HostStatusRequest, 
 	return out, nil
 }
 
+func (c *kindlingClient) GetProfile(ctx context.Context, in *GetProfileRequest, opts ...grpc.CallOption) (*GetProfileResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetProfileResponse)
+	err := c.cc.Invoke(ctx, Kindling_GetProfile_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kindlingClient) GetArtifact(ctx context.Context, in *GetArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ArtifactChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Kindling_ServiceDesc.Streams[1], Kindling_GetArtifact_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetArtifactRequest, ArtifactChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Kindling_GetArtifactClient = grpc.ServerStreamingClient[ArtifactChunk]
+
 // KindlingServer is the server API for Kindling service.
 // All implementations must embed UnimplementedKindlingServer
 // for forward compatibility.
@@ -199,6 +239,15 @@ type KindlingServer interface {
 	Prewarm(context.Context, *PrewarmRequest) (*PrewarmResponse, error)
 	ListInstances(context.Context, *ListInstancesRequest) (*ListInstancesResponse, error)
 	HostStatus(context.Context, *HostStatusRequest) (*HostStatusResponse, error)
+	// GetProfile returns a version's merged CPU profile (pprof), collected
+	// from its invocations when its image was built with profiling on, the
+	// CPU its invocations used, and the instruction-set extensions its
+	// profile says it wants.
+	GetProfile(context.Context, *GetProfileRequest) (*GetProfileResponse, error)
+	// GetArtifact streams an artifact a version's instances produced during
+	// their warm-up (node-compile-cache: a tar of Node's compile cache), to
+	// be baked into the next image.
+	GetArtifact(*GetArtifactRequest, grpc.ServerStreamingServer[ArtifactChunk]) error
 	mustEmbedUnimplementedKindlingServer()
 }
 
@@ -235,6 +284,12 @@ func (UnimplementedKindlingServer) ListInstances(context.Context, *ListInstances
 }
 func (UnimplementedKindlingServer) HostStatus(context.Context, *HostStatusRequest) (*HostStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method HostStatus not implemented")
+}
+func (UnimplementedKindlingServer) GetProfile(context.Context, *GetProfileRequest) (*GetProfileResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetProfile not implemented")
+}
+func (UnimplementedKindlingServer) GetArtifact(*GetArtifactRequest, grpc.ServerStreamingServer[ArtifactChunk]) error {
+	return status.Error(codes.Unimplemented, "method GetArtifact not implemented")
 }
 func (UnimplementedKindlingServer) mustEmbedUnimplementedKindlingServer() {}
 func (UnimplementedKindlingServer) testEmbeddedByValue()                  {}
@@ -412,6 +467,35 @@ func _Kindling_HostStatus_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Kindling_GetProfile_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetProfileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KindlingServer).GetProfile(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Kindling_GetProfile_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KindlingServer).GetProfile(ctx, req.(*GetProfileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Kindling_GetArtifact_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetArtifactRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(KindlingServer).GetArtifact(m, &grpc.GenericServerStream[GetArtifactRequest, ArtifactChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Kindling_GetArtifactServer = grpc.ServerStreamingServer[ArtifactChunk]
+
 // Kindling_ServiceDesc is the grpc.ServiceDesc for Kindling service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -451,11 +535,20 @@ var Kindling_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "HostStatus",
 			Handler:    _Kindling_HostStatus_Handler,
 		},
+		{
+			MethodName: "GetProfile",
+			Handler:    _Kindling_GetProfile_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Invoke",
 			Handler:       _Kindling_Invoke_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "GetArtifact",
+			Handler:       _Kindling_GetArtifact_Handler,
 			ServerStreams: true,
 		},
 	},

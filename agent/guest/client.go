@@ -25,6 +25,18 @@ type Client struct {
 	Ready chan struct{}
 	ready sync.Once
 	done  chan struct{}
+	// Profiles carries the agent's TypeProfile frames; a reader that
+	// falls behind loses profiles, never results.
+	Profiles chan Frame
+	// Restored is closed when the agent answers a restored VM's hello
+	// (TypeRestored); restoredFrame is that answer.
+	Restored      chan struct{}
+	restoredOnce  sync.Once
+	restoredFrame Frame
+	snapStart     bool
+	// control holds the waiter for a checkpoint or artifact answer, by
+	// frame type: one request of each kind at a time.
+	control map[string]chan Frame
 }
 
 // ErrAgentGone means the channel to the agent closed or broke.
@@ -33,7 +45,8 @@ var ErrAgentGone = errors.New("guest agent connection closed")
 // NewClient serves conn until it closes.
 func NewClient(conn io.ReadWriter) *Client {
 	c := &Client{w: conn, pending: map[string]chan Frame{}, Logs: make(chan Frame, 256),
-		Ready: make(chan struct{}), done: make(chan struct{})}
+		Ready: make(chan struct{}), done: make(chan struct{}), Profiles: make(chan Frame, 8),
+		Restored: make(chan struct{}), control: map[string]chan Frame{}}
 	go c.read(conn)
 	return c
 }
@@ -61,12 +74,39 @@ func (c *Client) read(r io.Reader) {
 				close(ch)
 				delete(c.pending, id)
 			}
+			for typ, ch := range c.control {
+				close(ch)
+				delete(c.control, typ)
+			}
 			c.mu.Unlock()
 			return
 		}
 		switch f.Type {
 		case TypeReady:
-			c.ready.Do(func() { close(c.Ready) })
+			c.ready.Do(func() {
+				c.mu.Lock()
+				c.snapStart = f.SnapStart
+				c.mu.Unlock()
+				close(c.Ready)
+			})
+		case TypeRestored:
+			c.restoredOnce.Do(func() {
+				c.restoredFrame = f
+				close(c.Restored)
+			})
+		case TypeProfile:
+			select {
+			case c.Profiles <- f:
+			default:
+			}
+		case TypeCheckpoint, TypeArtifact:
+			c.mu.Lock()
+			ch := c.control[f.Type]
+			delete(c.control, f.Type)
+			c.mu.Unlock()
+			if ch != nil {
+				ch <- f
+			}
 		case TypeLog:
 			select {
 			case c.Logs <- f:
@@ -91,6 +131,73 @@ func (c *Client) Hello(seed []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	return WriteFrame(c.w, Frame{Header: Header{Type: TypeHello, TimeNs: time.Now().UnixNano()}, Body: seed})
+}
+
+// SnapStart reports whether the task, by its first request, speaks
+// SnapStart (valid once Ready is closed).
+func (c *Client) SnapStart() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.snapStart
+}
+
+// RestoredFrame is the agent's TypeRestored answer, once Restored is
+// closed: an ErrorType says an after-restore hook failed.
+func (c *Client) RestoredFrame() Frame { return c.restoredFrame }
+
+// Checkpoint asks the agent to get the task to a point where a snapshot
+// may be cut and waits for its answer (ctx bounds the wait: a hook that
+// hangs). The answer's ErrorType says why not; its SnapStart says the
+// task's before-snapshot hooks ran.
+func (c *Client) Checkpoint(ctx context.Context) (Frame, error) {
+	return c.request(ctx, Frame{Header: Header{Type: TypeCheckpoint}}, TypeCheckpoint)
+}
+
+// Collect asks the agent for the artifact name (a tar stream).
+func (c *Client) Collect(ctx context.Context, name string) (Frame, error) {
+	return c.request(ctx, Frame{Header: Header{Type: TypeCollect, Name: name}}, TypeArtifact)
+}
+
+// request sends f and waits for the agent's frame of type answer.
+func (c *Client) request(ctx context.Context, f Frame, answer string) (Frame, error) {
+	ch := make(chan Frame, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return Frame{}, c.err
+	}
+	if c.control[answer] != nil {
+		c.mu.Unlock()
+		return Frame{}, fmt.Errorf("%s: one is already waiting for its answer", f.Type)
+	}
+	c.control[answer] = ch
+	c.mu.Unlock()
+	drop := func() {
+		c.mu.Lock()
+		if c.control[answer] == ch {
+			delete(c.control, answer)
+		}
+		c.mu.Unlock()
+	}
+	c.wmu.Lock()
+	err := WriteFrame(c.w, f)
+	c.wmu.Unlock()
+	if err != nil {
+		drop()
+		return Frame{}, fmt.Errorf("%s: %w: %v", f.Type, ErrAgentGone, err)
+	}
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return Frame{}, fmt.Errorf("%s: %w", f.Type, c.err)
+		}
+		return r, nil
+	case <-ctx.Done():
+		drop()
+		return Frame{}, fmt.Errorf("%s: %w", f.Type, ctx.Err())
+	}
 }
 
 // Invoke sends one invocation and waits for its response or error frame.

@@ -35,7 +35,35 @@ const (
 	TypeResponse = "response" // agent -> host: the handler's answer
 	TypeError    = "error"    // agent -> host: handler error, crash or timeout
 	TypeLog      = "log"      // agent -> host: a line the task wrote
+	// TypeCheckpoint, host -> agent: get to a point where a snapshot may
+	// be cut (the task's before-snapshot hooks run, the task is idle);
+	// agent -> host: there now, or not (ErrorType says why).
+	TypeCheckpoint = "checkpoint"
+	// TypeRestored, agent -> host: answers the hello of a VM restored
+	// from a checkpointed snapshot once the clock is set, the entropy
+	// pool reseeded and the task's after-restore hooks have run
+	// (ErrorType set if one failed). Nothing is invoked before it.
+	TypeRestored = "restored"
+	// TypeProfile, agent -> host: a pprof CPU profile of the task (gzipped
+	// protobuf) over Count invocations and CPUNs of task CPU.
+	TypeProfile = "profile"
+	// TypeCollect, host -> agent: send the artifact Name (TypeArtifact).
+	TypeCollect = "collect"
+	// TypeArtifact, agent -> host: the artifact Name as a tar stream, or
+	// ErrorType and an error document.
+	TypeArtifact = "artifact"
 )
+
+// Artifacts a guest agent can be asked for.
+const (
+	// ArtifactNodeCompileCache is the directory NODE_COMPILE_CACHE points
+	// at, filled by the task's runs: baked into the next image, it spares
+	// a new environment compiling what the last one compiled.
+	ArtifactNodeCompileCache = "node-compile-cache"
+)
+
+// MaxArtifact bounds an artifact frame's body.
+const MaxArtifact = 64 << 20
 
 // Header is a frame's metadata; the body follows it.
 type Header struct {
@@ -51,6 +79,17 @@ type Header struct {
 	Stream string `json:"stream,omitempty"`
 	// TimeNs is the host's wall clock in a hello, Unix nanoseconds.
 	TimeNs int64 `json:"time_ns,omitempty"`
+	// SnapStart, on a ready: the task speaks AWS's SnapStart protocol
+	// (it asked GET /runtime/restore/next before its first invocation):
+	// its before-snapshot hooks ran at the end of its init.
+	SnapStart bool `json:"snap_start,omitempty"`
+	// CPUNs is the task's CPU time: during an invocation on a response or
+	// error, or the profile's span on a profile.
+	CPUNs int64 `json:"cpu_ns,omitempty"`
+	// Count is how many invocations a profile covers.
+	Count int64 `json:"count,omitempty"`
+	// Name is an artifact's name (collect, artifact).
+	Name string `json:"name,omitempty"`
 }
 
 // Frame is one message: a header and a body (payload, response, error
@@ -63,8 +102,8 @@ type Frame struct {
 // WriteFrame writes f as: u32 header length, header JSON, u32 body length,
 // body (big-endian lengths).
 func WriteFrame(w io.Writer, f Frame) error {
-	if len(f.Body) > MaxPayload {
-		return fmt.Errorf("frame body of %d bytes exceeds %d", len(f.Body), MaxPayload)
+	if limit := MaxPayload; len(f.Body) > limit && (f.Type != TypeArtifact || len(f.Body) > MaxArtifact) {
+		return fmt.Errorf("frame body of %d bytes exceeds %d", len(f.Body), limit)
 	}
 	h, err := json.Marshal(f.Header)
 	if err != nil {
@@ -112,8 +151,11 @@ func ReadFrame(r io.Reader) (Frame, error) {
 	}
 	bl := binary.BigEndian.Uint32(n[:])
 	limit, what := uint32(MaxPayload), "a body"
-	if f.Type == TypeLog {
+	switch f.Type {
+	case TypeLog:
 		limit, what = MaxLogLine, "a log line"
+	case TypeArtifact:
+		limit, what = MaxArtifact, "an artifact"
 	}
 	if bl > limit {
 		return Frame{}, fmt.Errorf("%w: %s of %d bytes, above the %d-byte limit", ErrFrameTooLarge, what, bl, limit)

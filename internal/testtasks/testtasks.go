@@ -39,6 +39,7 @@ const (
 	CSockets    = "c-sockets"     // dynamic glibc with TCP and Unix sockets
 	GoHelloBare = "go-hello-bare" // GoHello stripped (-s -w)
 	GoLambda    = "go-lambda"     // an aws-lambda-go handler (echo, error, panic, sleep, exit, big)
+	GoSnapStart = "go-snapstart"  // a custom runtime with SnapStart hooks
 
 	// Instruction-set analysis tasks.
 	GoHTTPV3  = "go-http-v3" // GoHTTP built with GOAMD64=v3
@@ -77,6 +78,8 @@ func Build(dir, name string) (string, error) {
 		cmd = goBuild("goepoll", "")
 	case GoLambda:
 		cmd = goBuild("golambda", "")
+	case GoSnapStart:
+		cmd = goBuild("gosnapstart", "")
 	case CStatic:
 		cmd, err = cc(staticWrite, "static_write.c", "-static")
 	case CNoStdlib:
