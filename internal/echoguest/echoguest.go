@@ -14,10 +14,22 @@
 // bodies FloodLogsOp and FloodGarbageOp make it a bad guest, to test the
 // host's defences. It connects again whenever its connection ends,
 // including after the transport-reset event a restored VM gets (and a
-// flood ends with its connection). It needs one vCPU, MinMemoryMiB
-// of memory and no initrd; its command line only needs what the VMM
-// appends (the virtio_mmio.device= entries); see the Arg constants for its
-// own switches.
+// flood ends with its connection).
+//
+// It also models a task with SnapStart hooks, for warm snapshots: a
+// "checkpoint" frame runs its before-snapshot hook (it answers with a
+// "checkpoint" frame and an empty body, after which the host may cut the
+// snapshot), and the next "hello", a restored VM's, runs its after-restore
+// hook and is answered with "restored" instead of "ready". It keeps a log
+// of its last MaxEvents events (EventInvokePrefix and the id of every
+// invocation, EventBeforeSnapshot, EventAfterRestore), which the body
+// EventsOp reads; the body HangCheckpointOp makes its before-snapshot hook
+// hang, so checkpoints go unanswered and the host must give up at its
+// deadline.
+//
+// It needs one vCPU, MinMemoryMiB of memory and no initrd; its command
+// line only needs what the VMM appends (the virtio_mmio.device= entries);
+// see the Arg constants for its own switches.
 //
 // Build compiles it with the system's gcc and ld every time it is called;
 // this package is for tests, benchmarks and demos, never for the VMM.
@@ -60,6 +72,41 @@ const FloodGarbageOp = `{"op":"flood-garbage"}`
 
 // FloodDeclaredBytes is the body length FloodGarbageOp's frame declares.
 const FloodDeclaredBytes = 0xfffffff0
+
+// EventsOp is the invocation body the guest answers with its event log,
+// oldest event first, one a line (joined by "\n"): at most MaxEvents
+// events, the last of them this invocation's own.
+const EventsOp = `{"op":"events"}`
+
+// HangCheckpointOp is the invocation body the guest answers with "ok",
+// and after which it consumes every checkpoint frame and never answers
+// it (a before-snapshot hook that hangs), while still answering
+// invocations, for the rest of its life (and its snapshots').
+const HangCheckpointOp = `{"op":"hang-checkpoint"}`
+
+// The events in the guest's log (EventsOp), each at most MaxEventBytes.
+const (
+	// EventInvokePrefix and an invocation's id are logged for every
+	// invoke frame the guest reads (not those a flood drops): the id
+	// unescaped, truncated at a whole character to fit MaxEventBytes,
+	// control characters turned to '?'.
+	EventInvokePrefix = "invoke:"
+	// EventBeforeSnapshot is logged when the guest answers a checkpoint
+	// frame (not when HangCheckpointOp makes it hang).
+	EventBeforeSnapshot = "before-snapshot"
+	// EventAfterRestore is logged when the guest answers the first hello
+	// after a checkpoint with "restored": the hello of a VM restored from
+	// a snapshot cut after the checkpoint (or, if the host cut none, of
+	// the original VM's next connection). Later hellos get "ready".
+	EventAfterRestore = "after-restore"
+)
+
+// MaxEvents is how many events the guest's log keeps (a ring: older
+// ones are forgotten), and MaxEventBytes the longest event.
+const (
+	MaxEvents     = 32
+	MaxEventBytes = 48
+)
 
 // Command-line switches the guest reads.
 const (

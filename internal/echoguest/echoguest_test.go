@@ -709,3 +709,204 @@ func TestFlood(t *testing.T) {
 		t.Fatalf("after the floods: %v %q %v", f.Header, f.Body, err)
 	}
 }
+
+// send writes one frame to the guest of a raw vm.
+func (v *vm) send(h guest.Header, body string) {
+	v.t.Helper()
+	if err := guest.WriteFrame(v.conn, guest.Frame{Header: h, Body: []byte(body)}); err != nil {
+		v.t.Fatalf("%s: send a %s frame: %v", v.name, h.Type, err)
+	}
+}
+
+// recv reads the next frame from the guest of a raw vm, waiting up to
+// wait.
+func (v *vm) recv(wait time.Duration) (guest.Frame, error) {
+	v.conn.SetReadDeadline(time.Now().Add(wait))
+	defer v.conn.SetReadDeadline(time.Time{})
+	return guest.ReadFrame(v.conn)
+}
+
+// expect reads the next frame and fails the test unless it has the type
+// and id given.
+func (v *vm) expect(typ, id string) guest.Frame {
+	v.t.Helper()
+	f, err := v.recv(readyTimeout)
+	if err != nil {
+		v.t.Fatalf("%s: waiting for a %s frame: %v; %s", v.name, typ, err, v.diagnose())
+	}
+	if f.Type != typ || f.ID != id {
+		v.t.Fatalf("%s: got a %s frame for %q (body %q), want a %s frame for %q", v.name, f.Type, f.ID, trim(f.Body), typ, id)
+	}
+	return f
+}
+
+// greet sends a hello with a fresh seed on a raw vm and wants an answer
+// of type want (ready, or restored).
+func (v *vm) greet(want string) {
+	v.t.Helper()
+	v.send(guest.Header{Type: guest.TypeHello, TimeNs: time.Now().UnixNano()}, string(seed(v.t)))
+	if f := v.expect(want, ""); len(f.Body) != 0 || f.ErrorType != "" {
+		v.t.Fatalf("%s: %s frame with error type %q and body %q, want neither", v.name, want, f.ErrorType, trim(f.Body))
+	}
+}
+
+// call invokes body on a raw vm and returns the response's body.
+func (v *vm) call(id, body string) string {
+	v.t.Helper()
+	v.send(guest.Header{Type: guest.TypeInvoke, ID: id, DeadlineMs: time.Now().Add(readyTimeout).UnixMilli()}, body)
+	return string(v.expect(guest.TypeResponse, id).Body)
+}
+
+// events is the guest's event log (EventsOp), oldest first; the last
+// event is this call's own, id's.
+func (v *vm) events(id string) []string {
+	v.t.Helper()
+	return strings.Split(v.call(id, EventsOp), "\n")
+}
+
+func sameEvents(got, want []string) error {
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		return fmt.Errorf("events:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	return nil
+}
+
+// The guest's event log keeps the last MaxEvents events, oldest first,
+// with ids unescaped, control characters turned to '?' and long ids cut
+// at a whole character.
+func TestEventLog(t *testing.T) {
+	setup(t)
+	v, err := launchVM(t, "events", vmOpts{cmdline: DebugArg, raw: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.greet(guest.TypeReady)
+	var want []string
+	for i := range 40 {
+		id := fmt.Sprintf("e-%02d", i)
+		if got := v.call(id, id); got != id {
+			t.Fatalf("invoke %s: got %q", id, got)
+		}
+		want = append(want, EventInvokePrefix+id)
+	}
+	// 40 bytes of id fit, the 2-byte é after them does not.
+	long := strings.Repeat("x", MaxEventBytes-len(EventInvokePrefix)-1) + "étail"
+	// JSON escapes all: \", \\, \u003c and \u003e, \t; ü as it is.
+	odd := "q \"<ü>\" \\ \t"
+	for _, id := range []string{long, odd} {
+		v.call(id, "x")
+	}
+	want = append(want, EventInvokePrefix+strings.Repeat("x", MaxEventBytes-len(EventInvokePrefix)-1), EventInvokePrefix+`q "<ü>" \ ?`,
+		EventInvokePrefix+"log")
+	got := v.events("log")
+	if err := sameEvents(got, want[len(want)-MaxEvents:]); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range got {
+		if len(e) > MaxEventBytes {
+			t.Errorf("event %q: %d bytes, above MaxEventBytes", e, len(e))
+		}
+	}
+}
+
+// A warm snapshot: the guest warms up, answers a checkpoint (its
+// before-snapshot hook), and two VMs restored from the snapshot cut then
+// answer their hellos with "restored" (their after-restore hooks), log
+// the events in order, and draw different randomness after different
+// seeds. A restored guest's next connection is greeted as any other.
+func TestCheckpointRestore(t *testing.T) {
+	setup(t)
+	v, err := launchVM(t, "warm", vmOpts{cmdline: DebugArg, raw: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.greet(guest.TypeReady)
+	warm := []string{"warm-up-1", "warm-up-2"}
+	for _, id := range warm {
+		if got := v.call(id, "warming "+id); got != "warming "+id {
+			t.Fatalf("invoke %s: got %q", id, got)
+		}
+	}
+	t0 := time.Now()
+	v.send(guest.Header{Type: guest.TypeCheckpoint}, "")
+	if f := v.expect(guest.TypeCheckpoint, ""); len(f.Body) != 0 || f.ErrorType != "" {
+		t.Fatalf("checkpoint answered with error type %q and body %q, want neither", f.ErrorType, trim(f.Body))
+	}
+	t.Logf("checkpoint answered in %v", time.Since(t0))
+	snap := v.snapshot()
+	v.stop()
+
+	var twins [2]*vm
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i := range twins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			twins[i], errs[i] = launchVM(t, fmt.Sprintf("warm%d", i), vmOpts{snapshot: snap, raw: true})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rnd [2]string
+	for i, w := range twins {
+		w.greet(guest.TypeRestored)
+		id := "events-" + w.name
+		want := []string{EventInvokePrefix + warm[0], EventInvokePrefix + warm[1], EventBeforeSnapshot, EventAfterRestore, EventInvokePrefix + id}
+		if err := sameEvents(w.events(id), want); err != nil {
+			t.Errorf("%s: %v", w.name, err)
+		}
+		rnd[i] = w.call("random-"+w.name, RandomOp)
+		if _, err := hex.DecodeString(rnd[i]); err != nil || len(rnd[i]) != 16 {
+			t.Fatalf("%s: random: %q, want 16 hex digits", w.name, rnd[i])
+		}
+	}
+	t.Logf("random after the restores: %s and %s", rnd[0], rnd[1])
+	if rnd[0] == rnd[1] {
+		t.Errorf("both restored guests drew %s", rnd[0])
+	}
+
+	// The after-restore hook ran once: a new connection is a ready guest.
+	w := twins[0]
+	w.conn.Close()
+	w.accept()
+	w.greet(guest.TypeReady)
+	got := w.events("events-again")
+	if err := sameEvents(got[len(got)-3:], []string{EventInvokePrefix + "events-" + w.name, EventInvokePrefix + "random-" + w.name,
+		EventInvokePrefix + "events-again"}); err != nil {
+		t.Errorf("after a reconnect: %v", err)
+	}
+}
+
+// After HangCheckpointOp the guest's before-snapshot hook hangs: a
+// checkpoint gets no answer (the host gives up at its deadline), and
+// invocations are answered as before.
+func TestHangingCheckpoint(t *testing.T) {
+	setup(t)
+	v, err := launchVM(t, "hang", vmOpts{cmdline: DebugArg, raw: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.greet(guest.TypeReady)
+	if got := v.call("hang", HangCheckpointOp); got != "ok" {
+		t.Fatalf("%s: got %q, want ok", HangCheckpointOp, got)
+	}
+	v.send(guest.Header{Type: guest.TypeCheckpoint}, "")
+	const deadline = 500 * time.Millisecond
+	if f, err := v.recv(deadline); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("after a checkpoint: got %v %q %v, want nothing within %v", f.Header, trim(f.Body), err, deadline)
+	}
+	// Were the checkpoint answered late, this would read its answer.
+	if got := v.call("after", "still here"); got != "still here" {
+		t.Fatalf("after the hanging checkpoint: got %q", got)
+	}
+	if err := sameEvents(v.events("log"), []string{EventInvokePrefix + "hang", EventInvokePrefix + "after", EventInvokePrefix + "log"}); err != nil {
+		t.Error(err)
+	}
+	// No checkpoint was answered: the next hello is not a restore's.
+	v.greet(guest.TypeReady)
+}

@@ -16,6 +16,17 @@
  * it, or a transport-reset event after a snapshot restore) it connects
  * again, a good guest once more.
  *
+ * It models a task with SnapStart hooks, for warm snapshots. It keeps a
+ * log of its last EVENTS events: "invoke:<id>" for every invocation,
+ * "before-snapshot" when it answers a "checkpoint" frame (with a
+ * "checkpoint" frame, empty body: the snapshot may be cut now), and
+ * "after-restore" when it answers the first hello after that checkpoint,
+ * the hello of a VM restored from the snapshot, with "restored" instead of
+ * "ready". The body {"op":"events"} answers the log, oldest first, one
+ * event a line; {"op":"hang-checkpoint"} answers "ok" and makes every
+ * later checkpoint frame go unanswered (a before-snapshot hook that
+ * hangs), while invocations are still answered.
+ *
  * Everything here runs at native speed where guest kernel mode is
  * emulated. It polls the used rings; after a while with nothing to do it
  * executes HLT, which traps to entry.S and sleeps until the device's
@@ -239,6 +250,28 @@ static u64 guest_cid;
 static int debug, poll_only;
 static u64 seed;
 static u64 rnd_count;
+
+/* The event log (EventsOp): a ring of the last EVENTS events, each at
+ * most EVENT_MAX bytes ("invoke:" and the id, truncated to fit); the
+ * numbers and names are echoguest.go's MaxEvents, MaxEventBytes and
+ * Event constants. */
+#define EVENTS 32
+#define EVENT_MAX 48u
+#define EVENT_INVOKE "invoke:"
+#define EVENT_BEFORE_SNAPSHOT "before-snapshot"
+#define EVENT_AFTER_RESTORE "after-restore"
+static struct event {
+	u8 len;
+	u8 text[EVENT_MAX];
+} events[EVENTS];
+_Static_assert(EVENT_MAX < 256, "an event's length fits its u8");
+static u32 nevents; /* logged since boot; the ring holds the last EVENTS */
+static u8 evbody[EVENTS * (EVENT_MAX + 1)];
+/* checkpointed: a checkpoint was answered and no hello since, so the next
+ * hello is a restored VM's (or, if the host never cut the snapshot, the
+ * original's: its after-restore hooks run all the same, as CRaC's do
+ * after a failed checkpoint). hang_checkpoint: HangCheckpointOp came. */
+static int checkpointed, hang_checkpoint;
 
 /* ---- Machine access ---- */
 
@@ -490,6 +523,132 @@ static int is(const u8 *s, u32 n, const char *lit)
 		if (i >= n || s[i] != (u8)lit[i])
 			return 0;
 	return i == n;
+}
+
+/* ---- The event log ---- */
+
+static int hex4(const u8 *s, u32 *v)
+{
+	u32 n = 0;
+	for (int i = 0; i < 4; i++) {
+		u8 c = s[i];
+		if (c >= '0' && c <= '9')
+			n = n << 4 | (u32)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			n = n << 4 | (u32)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			n = n << 4 | (u32)(c - 'A' + 10);
+		else
+			return 0;
+	}
+	*v = n;
+	return 1;
+}
+
+/* unescape_unit decodes the character at s[*i] of a JSON string's raw
+ * contents s[0..n) into u (1 to 4 bytes of UTF-8, returned) and advances
+ * *i past it. Malformed escapes become U+FFFD, control characters '?'
+ * (an event is one line), stray bytes pass as they are. */
+static u32 unescape_unit(const u8 *s, u32 n, u32 *i, u8 u[4])
+{
+	u8 c = s[(*i)++];
+	u32 cp;
+	if (c != '\\') {
+		u32 len = c < 0xc0 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+		if (len > n - (*i - 1))
+			len = 1;
+		u[0] = c < 0x20 ? '?' : c;
+		for (u32 k = 1; k < len; k++)
+			u[k] = s[(*i)++];
+		return len;
+	}
+	if (*i >= n) {
+		u[0] = '\\';
+		return 1;
+	}
+	c = s[(*i)++];
+	switch (c) {
+	case 'b': case 'f': case 'n': case 'r': case 't':
+		u[0] = '?';
+		return 1;
+	case 'u':
+		if (n - *i < 4 || !hex4(s + *i, &cp)) {
+			cp = 0xfffd;
+			break;
+		}
+		*i += 4;
+		if (cp >= 0xd800 && cp < 0xdc00) {
+			u32 lo;
+			if (n - *i >= 6 && s[*i] == '\\' && s[*i + 1] == 'u' && hex4(s + *i + 2, &lo) && lo >= 0xdc00 && lo < 0xe000) {
+				*i += 6;
+				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+			} else {
+				cp = 0xfffd;
+			}
+		} else if (cp >= 0xdc00 && cp < 0xe000) {
+			cp = 0xfffd;
+		}
+		break;
+	default: /* \" \\ \/, and anything else as itself */
+		u[0] = c;
+		return 1;
+	}
+	if (cp < 0x20) {
+		u[0] = '?';
+		return 1;
+	}
+	if (cp < 0x80) {
+		u[0] = (u8)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		u[0] = (u8)(0xc0 | cp >> 6);
+		u[1] = (u8)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		u[0] = (u8)(0xe0 | cp >> 12);
+		u[1] = (u8)(0x80 | (cp >> 6 & 0x3f));
+		u[2] = (u8)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	u[0] = (u8)(0xf0 | cp >> 18);
+	u[1] = (u8)(0x80 | (cp >> 12 & 0x3f));
+	u[2] = (u8)(0x80 | (cp >> 6 & 0x3f));
+	u[3] = (u8)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
+/* log_event adds name, then the JSON string contents s[0..n) unescaped,
+ * to the ring, cut at the last whole character that fits EVENT_MAX. */
+static void log_event(const char *name, const u8 *s, u32 n)
+{
+	struct event *e = &events[nevents++ % EVENTS];
+	e->len = 0;
+	while (*name && e->len < EVENT_MAX)
+		e->text[e->len++] = (u8)*name++;
+	for (u32 i = 0; i < n;) {
+		u8 u[4];
+		u32 k = unescape_unit(s, n, &i, u);
+		if (k > EVENT_MAX - (u32)e->len)
+			break;
+		memcpy(e->text + e->len, u, k);
+		e->len = (u8)(e->len + k);
+	}
+}
+
+/* events_body writes the ring to evbody, oldest first, one event a line
+ * (no newline after the last), and returns its length. */
+static u32 events_body(void)
+{
+	u32 n = 0, first = nevents > EVENTS ? nevents - EVENTS : 0;
+	for (u32 k = first; k < nevents; k++) {
+		if (n)
+			evbody[n++] = '\n';
+		memcpy(evbody + n, events[k % EVENTS].text, events[k % EVENTS].len);
+		n += events[k % EVENTS].len;
+	}
+	return n;
 }
 
 /* ---- virtio-mmio and the queues ---- */
@@ -898,7 +1057,8 @@ static void flood_next(void)
 
 static void on_frame(const u8 *hdr, u32 hl, const u8 *body, u32 bl, u32 flen)
 {
-	const u8 *type, *id, *op;
+	static const u8 ok[] = "ok";
+	const u8 *type, *id = 0, *op;
 	u32 tl, il, ol;
 	if (!json_string(hdr, hl, "type", &type, &tl)) {
 		consume(flen);
@@ -910,8 +1070,30 @@ static void on_frame(const u8 *hdr, u32 hl, const u8 *body, u32 bl, u32 flen)
 		for (u32 i = 0; i < bl; i++)
 			s = (s ^ body[i]) * 0x100000001b3ull;
 		seed = mix64(s ^ rdtsc());
+		if (checkpointed) {
+			/* A restored VM: its after-restore hooks run once. */
+			checkpointed = 0;
+			DEBUG("hello after a checkpoint: restored");
+			log_event(EVENT_AFTER_RESTORE, 0, 0);
+			answer(head_start(outhead, "{\"type\":\"restored\"}"), 0, 0, flen);
+			return;
+		}
 		DEBUG("hello");
 		answer(head_start(outhead, "{\"type\":\"ready\"}"), 0, 0, flen);
+		return;
+	}
+	if (is(type, tl, "checkpoint")) {
+		if (hang_checkpoint) {
+			/* A before-snapshot hook that never returns: no answer,
+			 * and the host gives up at its deadline. */
+			DEBUG("checkpoint: hanging");
+			consume(flen);
+			return;
+		}
+		DEBUG("checkpoint");
+		log_event(EVENT_BEFORE_SNAPSHOT, 0, 0);
+		checkpointed = 1;
+		answer(head_start(outhead, "{\"type\":\"checkpoint\"}"), 0, 0, flen);
 		return;
 	}
 	if (!is(type, tl, "invoke")) {
@@ -920,6 +1102,7 @@ static void on_frame(const u8 *hdr, u32 hl, const u8 *body, u32 bl, u32 flen)
 	}
 	if (!json_string(hdr, hl, "id", &id, &il))
 		il = 0;
+	log_event(EVENT_INVOKE, id, il);
 	u8 *p = head_start(outhead, "{\"type\":\"response\",\"id\":\"");
 	memcpy(p, id, il);
 	p += il;
@@ -930,6 +1113,15 @@ static void on_frame(const u8 *hdr, u32 hl, const u8 *body, u32 bl, u32 flen)
 		for (int i = 0; i < 16; i++)
 			rndbody[i] = (u8)"0123456789abcdef"[(r >> (60 - 4 * i)) & 0xf];
 		answer(p, rndbody, sizeof rndbody, flen);
+		return;
+	}
+	if (json_string(body, bl, "op", &op, &ol) && is(op, ol, "events")) {
+		answer(p, evbody, events_body(), flen);
+		return;
+	}
+	if (json_string(body, bl, "op", &op, &ol) && is(op, ol, "hang-checkpoint")) {
+		hang_checkpoint = 1;
+		answer(p, ok, sizeof ok - 1, flen);
 		return;
 	}
 	if (json_string(body, bl, "op", &op, &ol) && (is(op, ol, "flood-logs") || is(op, ol, "flood-garbage"))) {
