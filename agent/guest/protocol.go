@@ -62,6 +62,11 @@ const (
 	ArtifactNodeCompileCache = "node-compile-cache"
 )
 
+// SnapStartArg on a guest's kernel command line tells kindling-init that
+// its VM may be snapshotted: the task starts with
+// AWS_LAMBDA_INITIALIZATION_TYPE=snap-start.
+const SnapStartArg = "kindling.snapstart=1"
+
 // MaxArtifact bounds an artifact frame's body.
 const MaxArtifact = 64 << 20
 

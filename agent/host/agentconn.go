@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -108,9 +109,10 @@ type agentLink struct {
 	pumpStop chan struct{} // stops the current client's log pump
 	isClosed bool
 
-	logMu  sync.Mutex
-	logs   func(guest.Frame)
-	recent []string // the task's last lines outside invocations
+	logMu    sync.Mutex
+	logs     func(guest.Frame)
+	profiles func(guest.Frame)
+	recent   []string // the task's last lines outside invocations
 }
 
 // newAgentLink starts accepting the agent's connections on ln.
@@ -175,6 +177,9 @@ func (l *agentLink) pump(c *guest.Client, stop chan struct{}) {
 		select {
 		case f := <-c.Logs:
 			l.forward(f)
+		case f := <-c.Profiles:
+			// Off the pump: checking and merging a profile takes a while.
+			go l.forwardProfile(f)
 		case ack := <-l.flushReq:
 			for drained := false; !drained; {
 				select {
@@ -447,4 +452,85 @@ func abortStart(link *agentLink, terminate func(context.Context) error, log *slo
 	if err := terminate(ctx); err != nil {
 		log.Warn("stopping a sandbox that failed to start", "error", err)
 	}
+}
+
+// checkpoint asks the agent to bring the task to where a snapshot may be
+// cut (its before-snapshot hooks run), within ctx. It reports whether the
+// task's SnapStart hooks ran. The caller holds the turn.
+func (l *agentLink) checkpoint(ctx context.Context) (hooks bool, err error) {
+	c, err := l.connected(ctx, agentReconnectWait)
+	if err != nil {
+		return false, err
+	}
+	f, err := c.Checkpoint(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, fmt.Errorf("sandbox %s: the task did not reach its checkpoint (its before-snapshot hooks) in time: %w", l.id, ctx.Err())
+		}
+		return false, fmt.Errorf("sandbox %s: checkpoint: %w", l.id, err)
+	}
+	if f.ErrorType != "" {
+		return false, fmt.Errorf("sandbox %s: checkpoint failed (%s): %s%s", l.id, f.ErrorType, errorMessage(f.Body), l.recentOutput())
+	}
+	return f.SnapStart, nil
+}
+
+// restored waits for the agent's answer to a restored VM's hello: the
+// task's after-restore hooks have run. ctx bounds them.
+func (l *agentLink) restored(ctx context.Context, c *guest.Client) error {
+	select {
+	case <-c.Restored:
+		if f := c.RestoredFrame(); f.ErrorType != "" {
+			return fmt.Errorf("sandbox %s: the task's after-restore hook failed (%s): %s", l.id, f.ErrorType, errorMessage(f.Body))
+		}
+		return nil
+	case <-l.dead.done:
+		return fmt.Errorf("sandbox %s: %s while its task ran its after-restore hooks%s", l.id, l.dead.Reason(), l.recentOutput())
+	case <-ctx.Done():
+		return fmt.Errorf("sandbox %s: the task's after-restore hooks did not finish in time: %w%s", l.id, ctx.Err(), l.recentOutput())
+	}
+}
+
+// collect asks the agent for an artifact. The caller holds the turn.
+func (l *agentLink) collect(ctx context.Context, name string) ([]byte, error) {
+	c, err := l.connected(ctx, agentReconnectWait)
+	if err != nil {
+		return nil, err
+	}
+	f, err := c.Collect(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: collect %s: %w", l.id, name, err)
+	}
+	if f.ErrorType != "" {
+		return nil, fmt.Errorf("sandbox %s: collect %s: %s", l.id, name, errorMessage(f.Body))
+	}
+	return f.Body, nil
+}
+
+// setProfiles routes the agent's profile frames, from every connection,
+// to fn (nil drops them).
+func (l *agentLink) setProfiles(fn func(guest.Frame)) {
+	l.logMu.Lock()
+	l.profiles = fn
+	l.logMu.Unlock()
+}
+
+func (l *agentLink) forwardProfile(f guest.Frame) {
+	l.logMu.Lock()
+	fn := l.profiles
+	l.logMu.Unlock()
+	if fn != nil {
+		fn(f)
+	}
+}
+
+// errorMessage is a Lambda error document's message, or the body itself.
+func errorMessage(body []byte) string {
+	var doc struct {
+		ErrorMessage string `json:"errorMessage"`
+	}
+	if json.Unmarshal(body, &doc) == nil && doc.ErrorMessage != "" {
+		return doc.ErrorMessage
+	}
+	return strings.TrimSpace(string(body))
 }

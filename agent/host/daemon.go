@@ -27,6 +27,7 @@ import (
 
 	"github.com/kindlingvm/kindling/agent/api"
 	"github.com/kindlingvm/kindling/agent/hostnet"
+	"github.com/kindlingvm/kindling/agent/profiles"
 	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/snapshot"
 	"github.com/kindlingvm/kindling/vmm/hostcheck"
@@ -76,6 +77,8 @@ type Daemon struct {
 	store   *store
 	backend Backend
 	metrics *metrics
+	// profiles holds the versions' merged CPU profiles.
+	profiles *profiles.Store
 
 	// ctx ends when the daemon closes; invocations run under it, not under
 	// their callers' contexts, so a caller that goes away loses nothing.
@@ -134,7 +137,12 @@ func New(cfg Config) (*Daemon, error) {
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.queueCtx, d.queueCancel = context.WithCancel(d.ctx)
 	d.metrics = newMetrics(d)
+	if d.profiles, err = profiles.Open(filepath.Join(cfg.StateDir, "profiles")); err != nil {
+		st.close()
+		return nil, fmt.Errorf("kindlingd: profiles: %w", err)
+	}
 	if err := d.loadFunctions(); err != nil {
+		d.profiles.Close()
 		st.close()
 		return nil, err
 	}
@@ -160,12 +168,18 @@ func (d *Daemon) loop() {
 	defer tick.Stop()
 	prune := time.NewTicker(time.Hour)
 	defer prune.Stop()
+	flush := time.NewTicker(profileFlushEvery)
+	defer flush.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
 		case <-tick.C:
 			d.housekeeping(d.ctx)
+		case <-flush.C:
+			if err := d.profiles.Flush(); err != nil {
+				d.log.Warn("cannot save the versions' profiles", "error", err)
+			}
 		case <-prune.C:
 			if n, err := d.store.pruneInvocations(time.Now().Add(-d.cfg.Retention)); err != nil {
 				d.log.Warn("prune finished invocations", "error", err)
@@ -213,6 +227,9 @@ func (d *Daemon) Close() error {
 		go func() { defer wg.Done(); d.discardStandby(sv, "kindlingd is stopping") }()
 	}
 	wg.Wait()
+	if err := d.profiles.Close(); err != nil {
+		d.log.Warn("cannot save the versions' profiles", "error", err)
+	}
 	return d.store.close()
 }
 
@@ -303,6 +320,7 @@ func (d *Daemon) loadFunctions() error {
 			}
 		}
 		d.functions[fn.key] = fn
+		d.loadArtifacts(fn)
 		return nil
 	})
 }
@@ -363,6 +381,7 @@ func (d *Daemon) reattach() {
 			}
 			mu.Lock()
 			d.instances[r.ID] = inst
+			d.watchProfiles(inst)
 			fn.pools[r.Tenant] = append(fn.pools[r.Tenant], inst)
 			mu.Unlock()
 			log.Info("sandbox reattached", "pid", r.PID)

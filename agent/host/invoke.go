@@ -280,6 +280,9 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 		after = func() {}
 	}
 	defer after()
+	if err == nil {
+		d.recordUsage(fn, f)
+	}
 	d.finish(inv, fn, func(rec *invocationRecord) {
 		rec.QueuedUs = tQueued.Sub(t0).Microseconds()
 		rec.StartUs = tStarted.Sub(tQueued).Microseconds()

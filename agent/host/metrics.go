@@ -12,6 +12,10 @@ type metrics struct {
 	starts      *prometheus.CounterVec
 	phases      *prometheus.HistogramVec
 	invocations *prometheus.CounterVec
+	// profiles shipped by guest agents, merged or refused.
+	profiles *prometheus.CounterVec
+	// snapshotsAbandoned: warm snapshots whose checkpoint failed.
+	snapshotsAbandoned prometheus.Counter
 }
 
 func newMetrics(d *Daemon) *metrics {
@@ -31,8 +35,16 @@ func newMetrics(d *Daemon) *metrics {
 			Name: "kindling_invocations_total",
 			Help: "Finished invocations by outcome.",
 		}, []string{"state", "async"}),
+		profiles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kindling_profiles_total",
+			Help: "CPU profiles shipped by guest agents, by outcome: merged, or refused (corrupt, foreign, another build of the task).",
+		}, []string{"outcome"}),
+		snapshotsAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kindling_snapshots_abandoned_total",
+			Help: "Warm snapshots abandoned because the task did not reach its checkpoint (a before-snapshot hook hung or failed).",
+		}),
 	}
-	m.reg.MustRegister(m.starts, m.phases, m.invocations, poolCollector{d},
+	m.reg.MustRegister(m.starts, m.phases, m.invocations, m.profiles, m.snapshotsAbandoned, poolCollector{d},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -158,6 +158,9 @@ func vmConfig(spec Spec, restore bool) vmm.Config {
 	if cfg.CPUTemplate == nil {
 		cfg.CPUTemplate = m.CPUTemplate
 	}
+	if spec.SnapStart {
+		cfg.Cmdline = strings.TrimSpace(cfg.Cmdline + " " + guest.SnapStartArg)
+	}
 	return cfg
 }
 
@@ -249,8 +252,12 @@ func (b *MicroVMBackend) Restore(ctx context.Context, spec Spec, snapshot string
 	if err := checkRestore(spec, snapshot); err != nil {
 		return nil, err
 	}
-	sb, _, err := b.start(ctx, spec, snapshot, true)
+	sb, c, err := b.start(ctx, spec, snapshot, true)
 	if err != nil {
+		return nil, err
+	}
+	if err := sb.awaitRestored(ctx, c); err != nil {
+		sb.abort()
 		return nil, err
 	}
 	sb.log.Info("microVM sandbox restored", "pid", sb.rec.PID, "snapshot", snapshot, "jailed", sb.jailed)
@@ -298,11 +305,27 @@ func (p *microVMStandby) Start(ctx context.Context) (Sandbox, error) {
 		sb.abort()
 		return nil, fmt.Errorf("sandbox %s: start the standby VM: %w", sb.id, err)
 	}
-	if _, err := sb.link.connected(ctx, 0); err != nil {
+	c, err := sb.link.connected(ctx, 0)
+	if err != nil {
 		sb.abort()
 		return nil, fmt.Errorf("%w%s", err, logTail(filepath.Join(sb.dir, launch.DetachedStderr)))
 	}
+	if err := sb.awaitRestored(ctx, c); err != nil {
+		sb.abort()
+		return nil, err
+	}
 	return sb, nil
+}
+
+// awaitRestored waits, in a restore of a checkpointed snapshot, for the
+// task's after-restore hooks (bounded by the spec's CheckpointTimeout).
+func (s *microVMSandbox) awaitRestored(ctx context.Context, c *guest.Client) error {
+	if s.restoreWait <= 0 {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.restoreWait)
+	defer cancel()
+	return s.link.restored(rctx, c)
 }
 
 // Discard stops the VM unstarted.
@@ -373,6 +396,12 @@ func (b *MicroVMBackend) start(ctx context.Context, spec Spec, snapshot string, 
 	}
 	pid := p.Cmd.Process.Pid
 	sb := &microVMSandbox{id: spec.ID, dir: spec.Dir, jailed: jailed, api: p.Client, proc: p, net: netw, end: newProcEnd(), log: b.log.With("sandbox", spec.ID)}
+	if snapshot != "" && exists(filepath.Join(snapshot, CheckpointMarker)) {
+		sb.restoreWait = spec.CheckpointTimeout
+		if sb.restoreWait <= 0 {
+			sb.restoreWait = DefaultCheckpointTimeout
+		}
+	}
 	sb.watchExit(p.Exited(), func() string { return seccomp.Describe(p.Cmd.ProcessState) })
 	start, err := procStartTime(pid)
 	if err != nil {
@@ -468,6 +497,9 @@ type microVMSandbox struct {
 	gone   <-chan struct{} // closed when the VMM process has ended
 	link   *agentLink
 	net    *hostnet.Sandbox // nil without egress
+	// restoreWait bounds the after-restore hooks of a restore of a
+	// checkpointed snapshot (0: no wait).
+	restoreWait time.Duration
 
 	stopWatch context.CancelFunc // ends the long poll for the VM's stop
 	stopOnce  sync.Once
@@ -478,6 +510,7 @@ type microVMSandbox struct {
 }
 
 func (s *microVMSandbox) Record() Record          { return s.rec }
+func (s *microVMSandbox) agent() *agentLink       { return s.link }
 func (s *microVMSandbox) Exited() <-chan struct{} { return s.end.done }
 func (s *microVMSandbox) ExitReason() string      { return s.end.Reason() }
 

@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -139,6 +140,22 @@ type function struct {
 	refillAfter time.Time
 	// asyncPending counts accepted, unfinished asynchronous invocations.
 	asyncPending int
+	// snapAbandoned says why the last warm snapshot was abandoned (its
+	// checkpoint failed: a before-snapshot hook hung or failed): cold
+	// starts stop trying, and the version serves without one, until a
+	// Prewarm asks again.
+	snapAbandoned string
+	// usage is what its invocations have cost (their task CPU).
+	usageInvocations, usageCPUNs uint64
+	// artifacts collected from its warm-ups, by name.
+	artifacts map[string]bool
+}
+
+func (f *function) checkpointTimeout() time.Duration {
+	if f.spec.CheckpointTimeoutMs == 0 {
+		return DefaultCheckpointTimeout
+	}
+	return time.Duration(f.spec.CheckpointTimeoutMs) * time.Millisecond
 }
 
 func (f *function) timeout() time.Duration {
@@ -190,8 +207,12 @@ type instance struct {
 	fresh bool // started for the invocation that acquires it
 	// How long its start took, by phase (for Prewarm's answer).
 	bootTook, warmupTook, snapshotTook time.Duration
-	lastUsed                           time.Time
-	invocations                        uint64
+	// warmupsRun before its snapshot was cut; snapStart: its task speaks
+	// SnapStart.
+	warmupsRun  int
+	snapStart   bool
+	lastUsed    time.Time
+	invocations uint64
 }
 
 func (i *instance) alive() bool {
@@ -420,7 +441,7 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 	if err != nil {
 		return nil, err
 	}
-	return d.runStart(ctx, fn, tenant, kind, spec, func(bctx context.Context, inst *instance) (Sandbox, error) {
+	inst, err := d.runStart(ctx, fn, tenant, kind, spec, func(bctx context.Context, inst *instance) (Sandbox, error) {
 		if kind != startRestore {
 			return d.backend.Boot(bctx, spec)
 		}
@@ -432,14 +453,25 @@ func (d *Daemon) startInstance(ctx context.Context, fn *function, tenant, kind, 
 		}
 		return d.backend.Restore(bctx, spec, snapshot)
 	})
+	if errors.Is(err, errCheckpoint) {
+		// The instance whose checkpoint failed is gone (its task may
+		// hang in a hook); another serves, with no snapshot attempt.
+		return d.startInstance(ctx, fn, tenant, kind, snapshot)
+	}
+	return inst, err
 }
+
+// errCheckpoint: a warm snapshot was abandoned because its instance's
+// task did not reach its checkpoint.
+var errCheckpoint = errors.New("checkpoint failed")
 
 // sandboxSpec is the sandbox fn's instance id runs in; its directory is
 // made.
 func (d *Daemon) sandboxSpec(fn *function, id string) (Spec, error) {
 	spec := Spec{ID: id, Dir: filepath.Join(d.cfg.StateDir, "sandboxes", id), Image: fn.spec.Image.Path, Manifest: fn.manifest,
 		Function: fn.key.name, Env: fn.env(), MemoryMiB: int(fn.spec.MemoryMib), VCPUs: int(fn.spec.Vcpus), CPUTemplate: fn.template,
-		Egress: fn.spec.Network == api.NetworkPolicy_NETWORK_EGRESS}
+		Egress:    fn.spec.Network == api.NetworkPolicy_NETWORK_EGRESS,
+		SnapStart: d.backend.CanSnapshot(), CheckpointTimeout: fn.checkpointTimeout()}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return spec, fmt.Errorf("instance %s: %w", id, err)
 	}
@@ -476,6 +508,7 @@ func (d *Daemon) runStart(ctx context.Context, fn *function, tenant, kind string
 	d.mu.Lock()
 	inst.sb = sb
 	d.mu.Unlock()
+	d.watchProfiles(inst)
 	rec := sandboxRecord{Record: sb.Record(), Function: fn.key.name, Version: fn.key.version, Tenant: tenant, StartKind: kind, StartedNs: inst.started.UnixNano()}
 	if err := d.store.put(bucketSandboxes, id, rec); err != nil {
 		log.Error("cannot record the sandbox; a restart will not find it", "error", err)
@@ -484,15 +517,42 @@ func (d *Daemon) runStart(ctx context.Context, fn *function, tenant, kind string
 	inst.bootTook = time.Since(inst.started)
 	log.Info("instance started", "kind", kind, "backend", d.backend.Name(), "pid", rec.PID, "took", inst.bootTook.Round(time.Microsecond))
 	if kind == startCold {
-		t := time.Now()
-		if err := d.warmUp(ctx, inst, log); err != nil {
-			d.discard(inst, "warm-up failed: "+err.Error())
-			return nil, fmt.Errorf("cold start of %s: warm-up: %w", fn.key, err)
+		// A task that speaks SnapStart checkpoints itself at the end of
+		// its init (its before-snapshot hook is where it primes itself,
+		// as AWS advises): its snapshot is cut before the warm-ups,
+		// which then run in this instance only. Any other task is
+		// warmed up first, so that the snapshot holds what they warmed.
+		if l, ok := sb.(linked); ok && d.backend.CanSnapshot() {
+			if c, _ := l.agent().current(); c != nil {
+				inst.snapStart = c.SnapStart()
+			}
 		}
-		inst.warmupTook = time.Since(t)
-		t = time.Now()
-		d.maybeSnapshot(ctx, inst, log)
-		inst.snapshotTook = time.Since(t)
+		var snapErr error
+		snap := func() {
+			t := time.Now()
+			_, snapErr = d.maybeSnapshot(ctx, inst, log)
+			inst.snapshotTook = time.Since(t)
+		}
+		if inst.snapStart {
+			snap()
+		}
+		if !errors.Is(snapErr, errCheckpoint) {
+			t := time.Now()
+			if err := d.warmUp(ctx, inst, log); err != nil {
+				d.discard(inst, "warm-up failed: "+err.Error())
+				return nil, fmt.Errorf("cold start of %s: warm-up: %w", fn.key, err)
+			}
+			inst.warmupTook = time.Since(t)
+			if !inst.snapStart {
+				inst.warmupsRun = len(fn.spec.WarmupPayloads)
+				snap()
+			}
+		}
+		if errors.Is(snapErr, errCheckpoint) {
+			d.discard(inst, snapErr.Error())
+			return nil, snapErr
+		}
+		d.collectArtifacts(ctx, inst, log)
 	}
 	d.mu.Lock()
 	inst.state = instBusy
@@ -530,10 +590,13 @@ func (d *Daemon) maybeSnapshot(ctx context.Context, inst *instance, log *slog.Lo
 	fn.snapMu.Lock()
 	defer fn.snapMu.Unlock()
 	d.mu.Lock()
-	have := fn.snapshot
+	have, abandoned := fn.snapshot, fn.snapAbandoned
 	d.mu.Unlock()
 	if have != "" {
 		return have, nil
+	}
+	if abandoned != "" {
+		return "", fmt.Errorf("the warm snapshot was abandoned (%s); the version serves without one until a prewarm", abandoned)
 	}
 	return d.cutSnapshot(ctx, inst, log)
 }
@@ -549,9 +612,33 @@ func (d *Daemon) cutSnapshot(ctx context.Context, inst *instance, log *slog.Logg
 		return "", err
 	}
 	t0 := time.Now()
+	hooks := false
+	if l, ok := inst.sb.(linked); ok {
+		// The task gets to its checkpoint first: its before-snapshot
+		// hooks run, or it is idle. A hook that hangs or fails abandons
+		// the snapshot; the version serves without one.
+		cctx, cancel := context.WithTimeout(ctx, fn.checkpointTimeout())
+		var err error
+		hooks, err = l.agent().checkpoint(cctx)
+		cancel()
+		if err != nil {
+			d.mu.Lock()
+			fn.snapAbandoned = err.Error()
+			d.mu.Unlock()
+			d.metrics.snapshotsAbandoned.Inc()
+			log.Warn("warm snapshot abandoned; the version serves without one", "error", err)
+			return "", fmt.Errorf("%w: %v", errCheckpoint, err)
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, startTimeout)
 	err := inst.sb.Snapshot(sctx, tmp)
 	cancel()
+	if err == nil {
+		if _, ok := inst.sb.(linked); ok {
+			marker, _ := json.Marshal(map[string]bool{"snap_start": hooks})
+			err = os.WriteFile(filepath.Join(tmp, CheckpointMarker), marker, 0o600)
+		}
+	}
 	if err != nil {
 		os.RemoveAll(tmp)
 		log.Warn("warm snapshot failed; the version runs without one", "error", err)
@@ -581,6 +668,7 @@ func (d *Daemon) cutSnapshot(ctx context.Context, inst *instance, log *slog.Logg
 	}
 	d.mu.Lock()
 	fn.snapshot, fn.seal, fn.sealVerified = dir, seal, true
+	fn.snapAbandoned = ""
 	fn.snapGen++
 	fn.hasWorkingSet = false
 	stale := d.dropStandbysLocked(fn)

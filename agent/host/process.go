@@ -346,6 +346,7 @@ type processSandbox struct {
 }
 
 func (s *processSandbox) Record() Record          { return s.rec }
+func (s *processSandbox) agent() *agentLink       { return s.link }
 func (s *processSandbox) Exited() <-chan struct{} { return s.end.done }
 func (s *processSandbox) ExitReason() string      { return s.end.Reason() }
 

@@ -36,6 +36,23 @@ type Spec struct {
 	// Egress gives the sandbox outbound network access through the host's
 	// NAT (agent/hostnet); without it the sandbox has loopback only.
 	Egress bool
+	// SnapStart tells a booted task that its environment may be
+	// snapshotted (AWS_LAMBDA_INITIALIZATION_TYPE=snap-start).
+	SnapStart bool
+	// CheckpointTimeout bounds the task's after-restore hooks in a
+	// restore of a checkpointed snapshot.
+	CheckpointTimeout time.Duration
+}
+
+// CheckpointMarker is the file a warm snapshot cut after a checkpoint
+// carries: a restore of it waits for the task's after-restore hooks
+// (guest.TypeRestored) before it serves.
+const CheckpointMarker = "checkpoint.json"
+
+// linked is a sandbox of either backend: both reach their guest agent
+// through an agentLink, for checkpoints, artifacts and profiles.
+type linked interface {
+	agent() *agentLink
 }
 
 // Record is what kindlingd stores about a live sandbox so that a restarted

@@ -94,7 +94,7 @@ func storeStatus(err error, what string) error {
 func (d *Daemon) functionProto(fn *function) *api.Function {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return &api.Function{Spec: fn.spec, RegisteredUnixNano: fn.registered.UnixNano(), Snapshot: fn.snapshot}
+	return &api.Function{Spec: fn.spec, RegisteredUnixNano: fn.registered.UnixNano(), Snapshot: fn.snapshot, Usage: d.usageLocked(fn)}
 }
 
 // DeleteFunction removes a version, or all of a function's versions.
@@ -149,6 +149,7 @@ func (d *Daemon) DeleteFunction(ctx context.Context, req *api.DeleteFunctionRequ
 			os.RemoveAll(snapshots[fn])
 		}
 		fn.snapMu.Unlock()
+		d.forgetLearned(fn)
 		resp.DeletedVersions = append(resp.DeletedVersions, fn.key.version)
 		d.log.Info("function deleted", "function", fn.key.name, "version", fn.key.version)
 	}
@@ -388,6 +389,11 @@ func (d *Daemon) Prewarm(ctx context.Context, req *api.PrewarmRequest) (*api.Pre
 	}
 	log := d.log.With("function", fn.key.name, "version", fn.key.version, "tenant", tenant)
 	resp := &api.PrewarmResponse{}
+	// A prewarm asks for the warm snapshot again, even after one was
+	// abandoned.
+	d.mu.Lock()
+	fn.snapAbandoned = ""
+	d.mu.Unlock()
 	for i := 0; i < n; i++ {
 		d.mu.Lock()
 		before := fn.snapshot
@@ -404,14 +410,23 @@ func (d *Daemon) Prewarm(ctx context.Context, req *api.PrewarmRequest) (*api.Pre
 		resp.BootUs += inst.bootTook.Microseconds()
 		resp.WarmupUs += inst.warmupTook.Microseconds()
 		if i == 0 {
+			resp.SnapStart = inst.snapStart
 			d.mu.Lock()
-			after := fn.snapshot
+			after, abandoned := fn.snapshot, fn.snapAbandoned
 			d.mu.Unlock()
 			switch {
+			case after == "" && abandoned != "":
+				resp.SnapshotNote = "warm snapshot abandoned; the version serves without one: " + abandoned
 			case !d.backend.CanSnapshot():
 				resp.SnapshotNote = fmt.Sprintf("the %s backend cannot snapshot; the prewarmed instances stay warm in the pool instead", d.backend.Name())
 			case before == "" && after != "":
 				resp.Snapshot, resp.SnapshotUs = after, inst.snapshotTook.Microseconds()
+				resp.WarmupsRun = uint32(inst.warmupsRun)
+			case inst.snapStart:
+				// Its checkpoint was at the end of its init, and this
+				// instance is past it: a new cut would have no hooks.
+				resp.Snapshot = after
+				resp.SnapshotNote = "the task speaks SnapStart: its snapshot is cut at its checkpoint, before warm-ups; the existing one stands"
 			default:
 				// Replace the version's snapshot with one from after these
 				// warm-ups.
@@ -420,8 +435,15 @@ func (d *Daemon) Prewarm(ctx context.Context, req *api.PrewarmRequest) (*api.Pre
 				dir, err := d.cutSnapshot(d.ctx, inst, log)
 				fn.snapMu.Unlock()
 				resp.Snapshot, resp.SnapshotUs = dir, time.Since(t).Microseconds()
+				resp.WarmupsRun = uint32(len(fn.spec.WarmupPayloads))
 				if err != nil {
 					resp.SnapshotNote = "snapshot failed: " + err.Error()
+				}
+				if errors.Is(err, errCheckpoint) {
+					// Its task may be stuck in a hook: not served from.
+					d.discard(inst, err.Error())
+					resp.Instances = append(resp.Instances, d.instanceProto(inst))
+					continue
 				}
 			}
 		}

@@ -22,19 +22,22 @@ import (
 // 10 GiB), opened down to 64 MiB for small Kindling kernels; 32 vCPUs is
 // the VMM's.
 const (
-	minMemoryMiB          = 64
-	maxMemoryMiB          = 10240
-	maxVCPUs              = 32
-	maxTimeout            = 15 * time.Minute // Lambda's
-	defaultMemoryMiB      = 256
-	defaultTimeout        = 30 * time.Second
-	defaultConcurrency    = 10
-	defaultKeepAlive      = 10 * time.Minute
-	defaultQueueLimit     = 100
-	maxConcurrency        = 1000
-	maxQueueLimit         = 100000
-	maxWarmupPayloads     = 16
-	maxEnvironmentEntries = 256
+	minMemoryMiB       = 64
+	maxMemoryMiB       = 10240
+	maxVCPUs           = 32
+	maxTimeout         = 15 * time.Minute // Lambda's
+	defaultMemoryMiB   = 256
+	defaultTimeout     = 30 * time.Second
+	defaultConcurrency = 10
+	defaultKeepAlive   = 10 * time.Minute
+	defaultQueueLimit  = 100
+	// DefaultCheckpointTimeout bounds a task's before-snapshot hooks, and
+	// its after-restore hooks in each restore.
+	DefaultCheckpointTimeout = 10 * time.Second
+	maxConcurrency           = 1000
+	maxQueueLimit            = 100000
+	maxWarmupPayloads        = 16
+	maxEnvironmentEntries    = 256
 )
 
 var (
@@ -97,6 +100,12 @@ func normalizeSpec(in *api.FunctionSpec) (*api.FunctionSpec, *rootfs.Manifest, e
 	}
 	if s.QueueLimit > maxQueueLimit {
 		return nil, nil, invalid("function.queue_limit", "%d is over %d", s.QueueLimit, maxQueueLimit)
+	}
+	if s.CheckpointTimeoutMs == 0 {
+		s.CheckpointTimeoutMs = uint32(DefaultCheckpointTimeout / time.Millisecond)
+	}
+	if time.Duration(s.CheckpointTimeoutMs)*time.Millisecond > maxTimeout {
+		return nil, nil, invalid("function.checkpoint_timeout_ms", "%d is over the %v limit", s.CheckpointTimeoutMs, maxTimeout)
 	}
 	if s.KeepAliveMs == 0 {
 		s.KeepAliveMs = uint32(defaultKeepAlive / time.Millisecond)

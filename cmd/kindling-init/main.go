@@ -17,6 +17,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +30,7 @@ import (
 
 	"github.com/kindlingvm/kindling/agent/guest"
 	"github.com/kindlingvm/kindling/agent/guestnet"
+	"github.com/kindlingvm/kindling/rootfs/taskconfig"
 )
 
 const usage = `usage: kindling-init [--task PATH] [--channel vsock:CID:PORT|unix:PATH] [--function NAME]
@@ -76,12 +79,12 @@ func run(log *slog.Logger, pid1, sandbox bool, task, channel, runtimeAddr, funct
 	if err != nil {
 		return err
 	}
+	var cmdline []byte
 	if pid1 {
 		if err := setupGuest(); err != nil {
 			return err
 		}
-		cmdline, err := os.ReadFile("/proc/cmdline")
-		if err != nil {
+		if cmdline, err = os.ReadFile("/proc/cmdline"); err != nil {
 			return fmt.Errorf("guest set-up: %w", err)
 		}
 		// A task that needs no network still runs without one: a
@@ -95,9 +98,13 @@ func run(log *slog.Logger, pid1, sandbox bool, task, channel, runtimeAddr, funct
 			return err
 		}
 	}
-	cfg := guest.Config{Task: []string{task}, RuntimeAddr: runtimeAddr, FunctionName: function, Logger: log}
+	cfg, err := taskConfig(task, runtimeAddr, function, log)
+	if err != nil {
+		return err
+	}
 	if pid1 {
 		cfg.OnHello = hello
+		cfg.SnapStart = hasArg(string(cmdline), guest.SnapStartArg)
 	}
 	a, err := guest.New(cfg)
 	if err != nil {
@@ -120,6 +127,40 @@ func run(log *slog.Logger, pid1, sandbox bool, task, channel, runtimeAddr, funct
 		conn.Close()
 		log.Info("host connection ended; reconnecting", "error", err)
 	}
+}
+
+// taskConfig is the agent's configuration for the image's task: its
+// arguments, environment, profiling and compile cache from the image's
+// taskconfig.Config beside it (paths resolved against the image root, "/"
+// in a VM, the extracted rootfs under the process backend).
+func taskConfig(task, runtimeAddr, function string, log *slog.Logger) (guest.Config, error) {
+	root := filepath.Dir(task)
+	tc, err := taskconfig.Read(root)
+	if err != nil {
+		return guest.Config{}, fmt.Errorf("task config: %w", err)
+	}
+	cfg := guest.Config{Task: []string{task}, RuntimeAddr: runtimeAddr, FunctionName: function, Logger: log}
+	for _, a := range tc.Args {
+		cfg.Task = append(cfg.Task, taskconfig.Resolve(root, a))
+	}
+	for _, e := range tc.Env {
+		cfg.Env = append(cfg.Env, taskconfig.Resolve(root, e))
+	}
+	if tc.CompileCache != "" {
+		cfg.CompileCache = taskconfig.Resolve(root, taskconfig.RootPlaceholder+tc.CompileCache)
+		if err := os.MkdirAll(cfg.CompileCache, 0o755); err != nil {
+			return cfg, fmt.Errorf("compile cache: %w", err)
+		}
+	}
+	if tc.Profiling {
+		cfg.StartProfiled = startProfiled(task, log)
+	}
+	return cfg, nil
+}
+
+// hasArg reports whether the kernel command line has the word arg.
+func hasArg(cmdline, arg string) bool {
+	return slices.Contains(strings.Fields(cmdline), arg)
 }
 
 // dialer parses --channel.

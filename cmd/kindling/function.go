@@ -27,6 +27,7 @@ const functionUsage = `usage: kindling function register NAME --image DIR [flags
        kindling function list [--json]
        kindling function delete NAME [--version V]
        kindling function prewarm NAME [--version V] [--tenant T] [--instances N] [--json]
+       kindling function profile NAME [--version V] [-o FILE] [--json]
 
 'function register' adds a version of a function to kindlingd, or replaces
 one that has no instances. DIR is an image from 'kindling image build', on
@@ -45,7 +46,17 @@ function's concurrency limit) for the tenant (default the function's own),
 runs the warm-up payloads in each and, on a backend that can, cuts the
 version's warm snapshot. It prints the instances, the time their boots,
 warm-ups and the snapshot took, and the snapshot's directory or why there
-is none. The instances then wait idle in the pool for invocations.
+is none. The instances then wait idle in the pool for invocations. A task
+that speaks SnapStart (AWS_LAMBDA_INITIALIZATION_TYPE=snap-start, GET
+/runtime/restore/next) is snapshotted at its own checkpoint, after its
+before-snapshot hooks, and every restore runs its after-restore hooks
+before it serves; --checkpoint-timeout (default 10s) bounds them, and a
+snapshot whose hooks hang is abandoned: the version serves without one.
+
+'function profile' shows what a version's invocations cost (task CPU per
+invocation), its merged CPU profile (images built with --profile) and the
+instruction-set extensions the profile says it wants; -o FILE writes the
+profile (pprof), for 'go tool pprof' or 'go build -pgo'.
 
 Every command takes --socket PATH, or --addr HOST:PORT with --tls-cert,
 --tls-key and --tls-ca, to find kindlingd.
@@ -65,6 +76,8 @@ func (d *daemonCLI) functionMain(args []string) error {
 		return d.functionDelete(args[1:])
 	case "prewarm":
 		return d.functionPrewarm(args[1:])
+	case "profile":
+		return d.functionProfile(args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(d.stdout, functionUsage)
 		return nil
@@ -90,6 +103,7 @@ func (d *daemonCLI) functionRegister(args []string) error {
 	fs.Var(uint32Flag{&spec.QueueLimit, 1}, "queue-limit", "`N` invocations may wait for a slot before kindlingd refuses more")
 	fs.Var(payloadsFlag{&spec.WarmupPayloads}, "warmup", "a warm-up payload, `JSON` or @FILE (repeatable)")
 	fs.Var(networkFlag{&spec.Network}, "network", "`policy`: none (loopback only, the default) or egress (outbound through NAT, nothing inbound)")
+	fs.Var(msFlag{&spec.CheckpointTimeoutMs}, "checkpoint-timeout", "bound the task's before-snapshot and after-restore hooks to this `long`, e.g. 10s")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -159,6 +173,12 @@ func writeFunction(w io.Writer, f *api.Function) {
 		line("warm-up", "%d payload(s)", n)
 	}
 	line("snapshot", "%s", orText(f.GetSnapshot(), "none"))
+	if u := f.GetUsage(); u.GetInvocations() > 0 {
+		line("cpu", "%s per invocation over %d invocations", time.Duration(u.GetCpuNsPerInvocation()), u.GetInvocations())
+	}
+	if u := f.GetUsage(); u.GetProfileSamples() > 0 || len(u.GetArtifacts()) > 0 {
+		line("learned", "%d profile samples; artifacts: %s", u.GetProfileSamples(), orText(strings.Join(u.GetArtifacts(), ", "), "none"))
+	}
 	line("registered", "%s", unixTime(f.GetRegisteredUnixNano()))
 }
 
@@ -516,5 +536,60 @@ func (f payloadsFlag) Set(s string) error {
 		return err
 	}
 	*f.v = append(*f.v, b)
+	return nil
+}
+
+func (d *daemonCLI) functionProfile(args []string) error {
+	fs := d.flagSet("kindling function profile", functionUsage)
+	version := fs.String("version", "", "the version `V` (default: the latest registered)")
+	out := fs.String("o", "", "write the merged profile (pprof) to `file`")
+	asJSON := fs.Bool("json", false, "print kindlingd's answer as JSON (without the profile's bytes)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return d.badInput(fmt.Errorf("function profile takes one NAME, got %d", len(pos)))
+	}
+	dc, err := d.dial()
+	if err != nil {
+		return err
+	}
+	defer dc.Close()
+	r, err := call(dc, "function profile "+pos[0], dc.GetProfile, &api.GetProfileRequest{Function: pos[0], Version: *version})
+	if err != nil {
+		return err
+	}
+	if *out != "" {
+		if len(r.Profile) == 0 {
+			return fmt.Errorf("function profile %s: version %s has no profile yet (was its image built with --profile, and has it been invoked?)", pos[0], r.Version)
+		}
+		if err := os.WriteFile(*out, r.Profile, 0o644); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		r.Profile = nil
+		return d.printProto(r)
+	}
+	u := r.GetUsage()
+	fmt.Fprintf(d.stdout, "%s version %s\n", pos[0], r.Version)
+	if u.GetInvocations() > 0 {
+		fmt.Fprintf(d.stdout, "  cpu           %s per invocation over %d invocations\n", time.Duration(u.GetCpuNsPerInvocation()), u.GetInvocations())
+	} else {
+		fmt.Fprintf(d.stdout, "  cpu           no invocations measured yet\n")
+	}
+	fmt.Fprintf(d.stdout, "  profile       %d samples from %d profiles (%d refused)\n", r.Samples, r.Profiles, r.Refused)
+	if len(r.Hints) > 0 {
+		tw := tabwriter.NewWriter(d.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  EXTENSION\tCPU IN ITS DISPATCHED CODE\tWANTED\tHOTTEST")
+		for _, h := range r.Hints {
+			fmt.Fprintf(tw, "  %s\t%.1f%%\t%v\t%s\n", h.Extension, 100*h.Fraction, h.Wanted, strings.Join(h.Functions, ", "))
+		}
+		tw.Flush()
+	}
+	if *out != "" {
+		fmt.Fprintf(d.stdout, "  written to    %s\n", *out)
+	}
 	return nil
 }
