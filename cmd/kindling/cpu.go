@@ -6,11 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
+	"github.com/kindlingvm/kindling/agent/profiles"
 	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/cpuid/isa"
+	"github.com/kindlingvm/kindling/internal/buildid"
 	"github.com/kindlingvm/kindling/vmm"
 )
 
@@ -25,6 +29,13 @@ Commands:
                        or used where no CPU-feature check guards it) or
                        'optional' (runtime-dispatched), and the template
                        Kindling would pick for it on this host
+                       --profile FILE: a CPU profile (pprof) of BINARY, checked
+                       against its build ID, says for each optional extension
+                       what share of the CPU time ran in its dispatched code (the
+                       fast paths and the functions that test for it and call
+                       them, or their fallback when it is hidden), its hottest
+                       functions, and whether it is 'wanted': worth exposing, at
+                       5% or more
   diff TEMPLATE TEMPLATE
                        what two templates expose differently on this host
 
@@ -181,6 +192,7 @@ func cpuNeeds(args []string) error {
 	asJSON := fs.Bool("json", false, "print the analysis as JSON")
 	hostDump := fs.String("host-dump", "", "choose the template against a recorded supported-CPUID `FILE`")
 	noSelect := fs.Bool("no-select", false, "only analyse; do not choose a template for this host")
+	profFile := fs.String("profile", "", "read hardware hints from a CPU profile `FILE` (pprof) of BINARY")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -191,6 +203,12 @@ func cpuNeeds(args []string) error {
 	r, err := isa.File(pos[0])
 	if err != nil {
 		return badInput(err)
+	}
+	var prof *profileHints
+	if *profFile != "" {
+		if prof, err = readProfileHints(pos[0], *profFile, r); err != nil {
+			return badInput(err)
+		}
 	}
 	var choice *cpuid.Choice
 	var selErr error
@@ -210,11 +228,17 @@ func cpuNeeds(args []string) error {
 		if selErr != nil {
 			out["refused"] = selErr.Error()
 		}
+		if prof != nil {
+			out["profile"], out["hints"] = prof, prof.Hints
+		}
 		if err := printJSON(out); err != nil {
 			return err
 		}
 	} else {
 		writeNeeds(r, choice, selErr)
+		if prof != nil {
+			writeHints(prof, choice)
+		}
 	}
 	if selErr != nil {
 		return exitError{1}
@@ -246,6 +270,64 @@ func writeNeeds(r *isa.Report, choice *cpuid.Choice, selErr error) {
 			fmt.Printf(" (hides optional %s: their dispatched paths fall back)", strings.Join(choice.HiddenOptional, ", "))
 		}
 		fmt.Println()
+	}
+}
+
+// profileHints is what a CPU profile of the binary says about its
+// optional extensions.
+type profileHints struct {
+	File    string          `json:"file"`
+	BuildID string          `json:"build_id"`
+	Samples int64           `json:"samples"`
+	CPUNs   int64           `json:"cpu_ns"`
+	Hints   []profiles.Hint `json:"-"` // beside it in the JSON
+}
+
+// readProfileHints checks the profile in file against bin's build ID, as
+// kindlingd checks the ones guests send, and reads its hints.
+func readProfileHints(bin, file string, r *isa.Report) (*profileHints, error) {
+	id, err := buildid.File(bin)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: a profile can only be checked against a binary that has one", bin, err)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	p, err := profiles.Check(data, profiles.Expect{BuildID: id})
+	if errors.Is(err, profiles.ErrOtherBuild) {
+		return nil, fmt.Errorf("%s is not a profile of %s: %w", file, bin, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	samples, cpuNs := profiles.Totals(p)
+	return &profileHints{File: file, BuildID: id, Samples: samples, CPUNs: cpuNs, Hints: profiles.Hints(p, r.Dispatch())}, nil
+}
+
+func writeHints(ph *profileHints, choice *cpuid.Choice) {
+	fmt.Printf("\nprofile %s: %d samples, %s of CPU\n", ph.File, ph.Samples, time.Duration(ph.CPUNs))
+	if len(ph.Hints) == 0 {
+		fmt.Println("no optional extensions to weigh")
+		return
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "extension\tprofile CPU\twanted\thottest dispatched functions")
+	var hidden []string
+	for _, h := range ph.Hints {
+		want := "-"
+		if h.Wanted {
+			want = "wanted"
+			if choice != nil && slices.Contains(choice.HiddenOptional, h.Extension) {
+				hidden = append(hidden, h.Extension)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%5.1f%%\t%s\t%s\n", h.Extension, 100*h.Fraction, want, orDash(strings.Join(h.Functions, ", ")))
+	}
+	tw.Flush()
+	fmt.Printf("wanted: %.0f%% or more of the profile's CPU in an extension's dispatched code\n", 100*profiles.WantedFraction)
+	if len(hidden) > 0 {
+		fmt.Printf("note: template %s hides wanted %s: that time runs in the fallback code\n", choice.Template.Name, strings.Join(hidden, ", "))
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -75,5 +76,100 @@ func TestCPUBadInput(t *testing.T) {
 		if code != c.code || !strings.Contains(errOut, c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q", c.args, code, errOut, c.code, c.want)
 		}
+	}
+}
+
+// hashTask hashes with crypto/sha256 for a second, profiling itself with
+// runtime/pprof into the file its argument names. Built with -B
+// gobuildid, its binary has a GNU build ID, which runtime/pprof puts in
+// the profile: the profile passes the check against the binary.
+const hashTask = `package main
+
+import (
+	"crypto/sha256"
+	"os"
+	"runtime/pprof"
+	"time"
+)
+
+func main() {
+	f, err := os.Create(os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	pprof.StartCPUProfile(f)
+	buf := make([]byte, 64<<10)
+	for start := time.Now(); time.Since(start) < time.Second; {
+		sum := sha256.Sum256(buf)
+		buf[0] ^= sum[0]
+	}
+	pprof.StopCPUProfile()
+	if err := f.Close(); err != nil {
+		panic(err)
+	}
+}
+`
+
+func TestCPUNeedsProfile(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "hash")
+	os.Mkdir(src, 0o755)
+	os.WriteFile(filepath.Join(src, "go.mod"), []byte("module example.com/hashtask\n\ngo 1.26\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "main.go"), []byte(hashTask), 0o644)
+	bin := filepath.Join(dir, "hash-bin")
+	build := osexec.Command("go", "build", "-trimpath", "-ldflags=-B gobuildid", "-o", bin, ".")
+	build.Dir = src
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	prof := filepath.Join(dir, "cpu.pprof")
+	if out, err := osexec.Command(bin, prof).CombinedOutput(); err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+
+	out, errOut, code := kindling(t, "cpu", "needs", bin, "--profile", prof, "--host-dump", iceLake)
+	if code != 0 || !regexp.MustCompile(`(?m)^sha\s+\d+\.\d%\s+wanted\s+crypto/internal/fips140/sha256\.block`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^avx2\s+\d+\.\d%\s+wanted`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^avx512f\s+\d+\.\d%\s+-`).MatchString(out) ||
+		!strings.Contains(out, "template x86-64-v2 hides wanted") {
+		t.Fatalf("needs --profile (%d):\n%s%s", code, out, errOut)
+	}
+
+	out, _, code = kindling(t, "cpu", "needs", bin, "--profile", prof, "--no-select", "--json")
+	var j struct {
+		Profile struct {
+			Samples int64 `json:"samples"`
+		} `json:"profile"`
+		Hints []struct {
+			Extension string  `json:"extension"`
+			Fraction  float64 `json:"fraction"`
+			Wanted    bool    `json:"wanted"`
+		} `json:"hints"`
+	}
+	if err := json.Unmarshal([]byte(out), &j); code != 0 || err != nil || j.Profile.Samples == 0 {
+		t.Fatalf("needs --profile --json (%d, %v):\n%s", code, err, out)
+	}
+	wanted := map[string]bool{}
+	for _, h := range j.Hints {
+		wanted[h.Extension] = h.Wanted
+	}
+	if !wanted["sha"] || !wanted["avx2"] || wanted["avx512f"] {
+		t.Fatalf("hints %+v", j.Hints)
+	}
+
+	// A profile of another build, and bytes that are no profile, are
+	// refused.
+	hello, err := testtasks.Build(dir, testtasks.GoHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = kindling(t, "cpu", "needs", hello, "--profile", prof, "--no-select")
+	if code != 2 || !strings.Contains(errOut, "is not a profile of "+hello+": wrong build: profile of build ") {
+		t.Fatalf("other build (%d): %s", code, errOut)
+	}
+	_, errOut, code = kindling(t, "cpu", "needs", bin, "--profile", bin, "--no-select")
+	if code != 2 || !strings.Contains(errOut, "corrupt profile") {
+		t.Fatalf("not a profile (%d): %s", code, errOut)
 	}
 }

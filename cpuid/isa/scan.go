@@ -33,6 +33,8 @@ type Report struct {
 	Instructions int      `json:"instructions"`
 	Undecoded    int      `json:"undecoded_bytes"`
 	Notes        []string `json:"notes,omitempty"`
+
+	dispatch *Dispatch // see Dispatch
 }
 
 // Use is one extension the binary needs or may use.
@@ -119,6 +121,7 @@ func File(path string) (*Report, error) {
 	}
 	s.run()
 	s.classify()
+	r.dispatch = s.dispatch()
 	return r, nil
 }
 
@@ -153,6 +156,9 @@ type scan struct {
 	objs   []elfsym.Sym
 	info   []*fnInfo
 	byAddr map[uint64]int // function start -> index
+	// guard and disp, by info index, are what classify found: functions
+	// that test CPU features, and those reached only through them.
+	guard, disp []bool
 }
 
 func newScan(ef *elf.File, r *Report) (*scan, error) {
@@ -449,6 +455,7 @@ func (s *scan) classify() {
 	knownGuards := len(s.objs) > 0
 	guard := s.guards()
 	disp := s.dispatched(guard)
+	s.guard, s.disp = guard, disp
 	type acc struct {
 		use                   Use
 		unFns, guardFn, stdFn []string
