@@ -27,7 +27,8 @@ import (
 // bits. An entry whose path would leave dest is refused, and nothing is
 // ever written through a symbolic link (a link's target is stored as it
 // is: an absolute target is fine as a link's content). Afterwards init,
-// task and the libraries are checked against the manifest's digests.
+// task, the libraries, the task config and the trees are checked against
+// the manifest.
 //
 // The archive is unpacked into a temporary directory beside dest that is
 // renamed to dest at the end, so dest is either complete or absent. If
@@ -67,8 +68,10 @@ func Extract(imageDir string, m *Manifest, dest string) error {
 	if err := cpio.ForEachRecord(rr, func(r cpio.Record) error { return writeEntry(root, r) }); err != nil {
 		return fmt.Errorf("extract %s: %s: %w", imageDir, m.Initramfs.Name, err)
 	}
-	if err := verifyTree(root, m); err != nil {
-		return fmt.Errorf("extract %s: %w", imageDir, err)
+	for _, verify := range []func(string, *Manifest) error{verifyTree, verifyTaskConfig, verifyTrees} {
+		if err := verify(root, m); err != nil {
+			return fmt.Errorf("extract %s: %w", imageDir, err)
+		}
 	}
 	archive.Close()
 	if err := os.Rename(root, dest); err != nil {

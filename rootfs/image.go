@@ -1,9 +1,9 @@
 package rootfs
 
 import (
-	"errors"
 	"github.com/kindlingvm/kindling/cpuid"
 	"github.com/kindlingvm/kindling/internal/buildid"
+	"github.com/kindlingvm/kindling/rootfs/taskconfig"
 
 	"bytes"
 	"crypto/sha256"
@@ -79,59 +79,23 @@ type Tree struct {
 	Path string
 }
 
-// TaskConfigPath is where an image keeps its TaskConfig, relative to the
-// image root: kindling-init reads it beside the task it is given.
-const TaskConfigPath = "kindling/task.json"
+// TaskConfig is how kindling-init runs an image's task (package
+// taskconfig, small enough for kindling-init to import).
+type TaskConfig = taskconfig.Config
 
-// TaskConfig is how kindling-init runs an image's task. Paths in it are
-// relative to the image root ("/" in a microVM, the extracted rootfs
-// under the process backend); kindling-init resolves them.
-type TaskConfig struct {
-	// Args follow the task's path in its argv; an argument that starts
-	// with "{root}/" names a file in the image.
-	Args []string `json:"args,omitempty"`
-	// Env is added to the task's environment (NAME=value); values may
-	// start with "{root}/" too.
-	Env []string `json:"env,omitempty"`
-	// Profiling: the guest agent samples the task's CPU and ships pprof
-	// profiles (the kernel has PERF_EVENTS for it).
-	Profiling bool `json:"profiling,omitempty"`
-	// CompileCache is a writable directory (relative to the root) the
-	// agent points NODE_COMPILE_CACHE at and ships to the host on
-	// request; it may be baked in from a previous version.
-	CompileCache string `json:"compile_cache,omitempty"`
-}
+// TaskConfigPath is where an image keeps its TaskConfig, relative to the
+// image root.
+const TaskConfigPath = taskconfig.Path
 
 // RootPlaceholder starts a TaskConfig path that is in the image.
-const RootPlaceholder = "{root}/"
+const RootPlaceholder = taskconfig.RootPlaceholder
 
-// ReadTaskConfig reads root's TaskConfig; an image without one runs its
-// task with no arguments.
-func ReadTaskConfig(root string) (TaskConfig, error) {
-	var c TaskConfig
-	b, err := os.ReadFile(filepath.Join(root, TaskConfigPath))
-	if errors.Is(err, os.ErrNotExist) {
-		return c, nil
-	}
-	if err != nil {
-		return c, err
-	}
-	if err := json.Unmarshal(b, &c); err != nil {
-		return c, fmt.Errorf("%s: %w", TaskConfigPath, err)
-	}
-	return c, nil
-}
+// ReadTaskConfig reads root's TaskConfig (taskconfig.Read).
+func ReadTaskConfig(root string) (TaskConfig, error) { return taskconfig.Read(root) }
 
-// Resolve replaces a leading RootPlaceholder in s with root.
-func Resolve(root, s string) string {
-	if rest, ok := strings.CutPrefix(s, RootPlaceholder); ok {
-		return filepath.Join(root, rest)
-	}
-	if i := strings.Index(s, "="+RootPlaceholder); i >= 0 { // NAME={root}/...
-		return s[:i+1] + filepath.Join(root, s[i+1+len(RootPlaceholder):])
-	}
-	return s
-}
+// Resolve replaces a leading RootPlaceholder in s with root
+// (taskconfig.Resolve).
+func Resolve(root, s string) string { return taskconfig.Resolve(root, s) }
 
 // Artifact is one file of an image, by digest.
 type Artifact struct {
@@ -160,8 +124,9 @@ type Manifest struct {
 	// TaskBuildID is the task binary's build ID (internal/buildid):
 	// profiles from its instances must carry it.
 	TaskBuildID string `json:"task_build_id,omitempty"`
-	// Run is the image's TaskConfig, as packed.
-	Run TaskConfig `json:"run"`
+	// Run is the image's TaskConfig, as packed. It is left out when zero,
+	// so an image without one has the manifest it had before.
+	Run TaskConfig `json:"run,omitzero"`
 	// Trees are the directories packed beside the task, by path.
 	Trees []Artifact `json:"trees,omitempty"`
 }
@@ -171,9 +136,10 @@ func digest(name string, data []byte) Artifact {
 	return Artifact{Name: name, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
 }
 
-// BuildImage writes dir/vmlinux, dir/initramfs.cpio.zst or .lz4 (/init, /task and
-// the task's shared libraries at their paths) and dir/manifest.json. The
-// same inputs give the same bytes.
+// BuildImage writes dir/vmlinux, dir/initramfs.cpio.zst or .lz4 (/init, /task,
+// the task's shared libraries at their paths, spec.Run at TaskConfigPath
+// unless it is zero, and spec.Trees at their paths) and dir/manifest.json.
+// The same inputs give the same bytes.
 func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 	for _, p := range []struct{ what, path string }{{"init", spec.Init}, {"task", spec.Task}} {
 		st, err := os.Stat(p.path)
@@ -210,7 +176,6 @@ func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 	if id, err := buildid.File(spec.Task); err == nil {
 		m.TaskBuildID = id
 	}
-	m.Run = spec.Run
 	files := []File{initF, taskF}
 	abs, err := filepath.Abs(spec.Task)
 	if err != nil {
@@ -229,6 +194,9 @@ func BuildImage(spec ImageSpec, dir string) (*Manifest, error) {
 		f.Mode = 0o755
 		files = append(files, f)
 		m.Libraries = append(m.Libraries, digest(lib, f.Data))
+	}
+	if err := packRunAndTrees(spec, m, &files); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
 	}
 	var cpio bytes.Buffer
 	if err := WriteInitramfs(&cpio, files); err != nil {
