@@ -220,10 +220,11 @@ func (d *Daemon) hints(fn *function, data []byte) ([]profiles.Hint, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	if err := rootfs.Extract(fn.spec.Image.Path, fn.manifest, tmp); err != nil {
+	root := filepath.Join(tmp, "root")
+	if err := rootfs.Extract(fn.spec.Image.Path, fn.manifest, root); err != nil {
 		return nil, fmt.Errorf("task of %s: %w", fn.key, err)
 	}
-	rep, err := isa.File(filepath.Join(tmp, "task"))
+	rep, err := isa.File(filepath.Join(root, "task"))
 	if err != nil {
 		return nil, err
 	}
