@@ -552,7 +552,12 @@ func (d *Daemon) runStart(ctx context.Context, fn *function, tenant, kind string
 			d.discard(inst, snapErr.Error())
 			return nil, snapErr
 		}
-		d.collectArtifacts(ctx, inst, log)
+		// Off the invocation's path: the agent packs while it serves.
+		d.bg.Add(1)
+		go func() {
+			defer d.bg.Done()
+			d.collectArtifacts(d.ctx, inst, log)
+		}()
 	}
 	d.mu.Lock()
 	inst.state = instBusy

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -98,7 +99,7 @@ func run(log *slog.Logger, pid1, sandbox bool, task, channel, runtimeAddr, funct
 			return err
 		}
 	}
-	cfg, err := taskConfig(task, runtimeAddr, function, log)
+	cfg, err := taskConfig(task, runtimeAddr, function, sandbox, log)
 	if err != nil {
 		return err
 	}
@@ -133,7 +134,12 @@ func run(log *slog.Logger, pid1, sandbox bool, task, channel, runtimeAddr, funct
 // arguments, environment, profiling and compile cache from the image's
 // taskconfig.Config beside it (paths resolved against the image root, "/"
 // in a VM, the extracted rootfs under the process backend).
-func taskConfig(task, runtimeAddr, function string, log *slog.Logger) (guest.Config, error) {
+//
+// Under the process backend every sandbox of an image runs from one
+// extracted root, so the compile cache is copied into the sandbox's own
+// directory (the working directory kindlingd gives it): no sandbox writes
+// what another reads.
+func taskConfig(task, runtimeAddr, function string, sandbox bool, log *slog.Logger) (guest.Config, error) {
 	root := filepath.Dir(task)
 	tc, err := taskconfig.Read(root)
 	if err != nil {
@@ -148,6 +154,17 @@ func taskConfig(task, runtimeAddr, function string, log *slog.Logger) (guest.Con
 	}
 	if tc.CompileCache != "" {
 		cfg.CompileCache = taskconfig.Resolve(root, taskconfig.RootPlaceholder+tc.CompileCache)
+		if sandbox {
+			wd, err := os.Getwd()
+			if err != nil {
+				return cfg, fmt.Errorf("compile cache: %w", err)
+			}
+			own := filepath.Join(wd, "compile-cache")
+			if err := os.CopyFS(own, os.DirFS(cfg.CompileCache)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return cfg, fmt.Errorf("compile cache: copy %s: %w", cfg.CompileCache, err)
+			}
+			cfg.CompileCache = own
+		}
 		if err := os.MkdirAll(cfg.CompileCache, 0o755); err != nil {
 			return cfg, fmt.Errorf("compile cache: %w", err)
 		}

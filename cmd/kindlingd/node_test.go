@@ -64,6 +64,11 @@ func TestNodeCompileCacheCarried(t *testing.T) {
 	if r := mustInvoke(t, d, &api.InvokeRequest{Function: "node", Payload: []byte(`{"n":3}`)}); r.State != api.InvocationState_SUCCEEDED {
 		t.Fatalf("node v1: %v", r)
 	}
+	// Collected off the invocation's path.
+	waitFor(t, "version 1's compile cache collected", func() bool {
+		fs, err := d.API.ListFunctions(ctx, &api.ListFunctionsRequest{})
+		return err == nil && len(fs.Functions) == 1 && len(fs.Functions[0].GetUsage().GetArtifacts()) == 1
+	})
 	var tarball bytes.Buffer
 	st, err := d.API.GetArtifact(ctx, &api.GetArtifactRequest{Function: "node", Version: "1", Name: guest.ArtifactNodeCompileCache})
 	if err != nil {

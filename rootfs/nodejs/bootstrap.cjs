@@ -58,7 +58,7 @@ const { pathToFileURL } = require('node:url');
 const API_PREFIX = '/2018-06-01/runtime';
 // INDEX sits beside the tags in NODE_COMPILE_CACHE and ships with them.
 const INDEX = 'kindling-index.json';
-const INDEX_FORMAT = 1;
+const INDEX_FORMAT = 2;
 
 function log(...args) {
   process.stderr.write('kindling-runtime: ' + args.join(' ') + '\n');
@@ -265,11 +265,15 @@ function compileCache() {
   const base = path.dirname(tagDir);
   const tag = path.basename(tagDir);
   const portable = process.env.NODE_COMPILE_CACHE_PORTABLE === '1' && portableSupported();
+  // Module paths are kept relative to the image root (LAMBDA_TASK_ROOT
+  // is <root>/var/task), not to the cache: under the process backend the
+  // cache is each sandbox's own copy, outside the root.
+  const rootGuess = path.resolve(process.env.LAMBDA_TASK_ROOT || path.dirname(__dirname), '..', '..');
   let here;
   try {
-    here = fs.realpathSync(tagDir);
+    here = fs.realpathSync(rootGuess);
   } catch {
-    here = tagDir;
+    here = rootGuess;
   }
   let index;
   try {
