@@ -53,6 +53,34 @@ var vmEssentials = []essential{
 	{"CONFIG_KERNEL_LZ4", "VM essential: fast bzImage decompression"},
 }
 
+// profilingOptions are what the guest agent's CPU sampler needs of a task
+// kernel when an image is built with profiling on: software cpu-clock
+// events with user-space call chains, and a few bytes of the user stack
+// per sample. All of that comes with perf events themselves (on x86 the
+// user call chain is a walk of the task's frame pointers, and cpu-clock
+// runs on hrtimers, which every kernel has; at the sampler's 99 Hz the
+// 250 Hz tick times them without CONFIG_HIGH_RES_TIMERS).
+//
+// x86 selects CONFIG_PERF_EVENTS whatever else is configured
+// (arch/x86/Kconfig, config X86), so no x86-64 kernel is without it and
+// leaving it out of a plan does not take it out of the kernel; and the
+// analysis asks for it wherever a binary the guest runs can call
+// perf_event_open (kindling-init, which links the sampler, can). Profiling
+// names it all the same, so that its need is recorded with its reason
+// and checked after olddefconfig like any other option.
+var profilingOptions = []essential{
+	{"CONFIG_PERF_EVENTS", "profiling on: the guest agent samples the task with perf_event_open"},
+}
+
+// ProfilingOptions are the options EnableProfiling adds.
+func ProfilingOptions() []Option {
+	out := make([]Option, len(profilingOptions))
+	for i, e := range profilingOptions {
+		out[i] = Option{Name: e.name, Value: "y"}
+	}
+	return out
+}
+
 // adminOnly are options behind system calls no task needs in a microVM:
 // loading modules, kexec, swap, accounting, NUMA placement, tracing. A
 // conservative kernel (a task that could not be bounded) leaves them out.
@@ -128,6 +156,14 @@ func PlanFiles(paths ...string) (*TaskPlan, error) {
 		reports = append(reports, r)
 	}
 	return PlanTask(reports...), nil
+}
+
+// EnableProfiling adds what the guest agent's CPU sampler needs, each
+// option with its reason, for an image built with profiling on.
+func (p *TaskPlan) EnableProfiling() {
+	for _, e := range profilingOptions {
+		p.add(e.name, e.why)
+	}
 }
 
 func (p *TaskPlan) add(option, why string) {

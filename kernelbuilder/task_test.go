@@ -3,6 +3,7 @@ package kernelbuilder_test
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -94,4 +95,54 @@ func TestConfigureNamesTheDependency(t *testing.T) {
 		t.Fatalf("error %v; want it to name CONFIG_IPV6 and its dependency", err)
 	}
 	t.Log(err)
+}
+
+// TestPlanProfiling: profiling asks for perf events with its reason, and
+// a plan without it does not (so the two are separate cache entries).
+// Whether the kernel then has them is the next test's business.
+func TestPlanProfiling(t *testing.T) {
+	p := plan(t, testtasks.GoLambda)
+	const perf = "CONFIG_PERF_EVENTS"
+	if w := p.Why[perf]; w != nil {
+		t.Fatalf("a plan without profiling asks for %s: %v", perf, w)
+	}
+	before := p.Spec(false)
+	p.EnableProfiling()
+	want := "profiling on: the guest agent samples the task with perf_event_open"
+	if w := p.Why[perf]; len(w) != 1 || w[0] != want {
+		t.Errorf("%s because %q; want %q", perf, w, want)
+	}
+	after := p.Spec(false)
+	if len(after.Options) != len(before.Options)+1 || !slices.Contains(after.Options, kernelbuilder.Option{Name: perf, Value: "y"}) {
+		t.Errorf("profiling spec has %d options, the plain one %d", len(after.Options), len(before.Options))
+	}
+	if out := p.Explain(); !strings.Contains(out, perf+"=y\n    <- "+want) {
+		t.Errorf("explain lacks the reason:\n%s", out)
+	}
+	if got := kernelbuilder.ProfilingOptions(); len(got) != 1 || got[0].Name != perf {
+		t.Errorf("ProfilingOptions %v", got)
+	}
+}
+
+// TestProfilingKernelConfig resolves a profiling plan against the real
+// Kconfig (no build): perf events survive olddefconfig, with the user
+// stack dump and register sampling the sampler uses. (A plan without
+// profiling gets CONFIG_PERF_EVENTS=y too: arch/x86/Kconfig's config X86
+// selects it.)
+func TestProfilingKernelConfig(t *testing.T) {
+	if _, err := kernelbuilder.FindSource(); err != nil {
+		t.Skipf("skipping: %v", err)
+	}
+	p := plan(t, testtasks.GoLambda)
+	p.EnableProfiling()
+	cfg, err := kernelbuilder.Configure(context.Background(), p.Spec(false), kernelbuilder.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []string{"CONFIG_PERF_EVENTS", "CONFIG_HAVE_PERF_USER_STACK_DUMP", "CONFIG_HAVE_PERF_REGS"} {
+		if cfg[o] != "y" {
+			t.Errorf("profiling kernel: %s=%q", o, cfg[o])
+		}
+	}
+	t.Logf("CONFIG_HZ=%s, CONFIG_HIGH_RES_TIMERS=%q: cpu-clock samples are timed by the tick", cfg["CONFIG_HZ"], cfg["CONFIG_HIGH_RES_TIMERS"])
 }

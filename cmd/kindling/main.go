@@ -90,7 +90,7 @@ func dispatch(d *daemonCLI, args []string) error {
 	case "kernel":
 		return kernelMain(args[1:])
 	case "image":
-		return imageMain(args[1:])
+		return d.imageMain(args[1:])
 	case "invoke":
 		if hasImageFlag(args[1:]) {
 			return invokeMain(args[1:])

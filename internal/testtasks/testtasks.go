@@ -40,6 +40,7 @@ const (
 	GoHelloBare = "go-hello-bare" // GoHello stripped (-s -w)
 	GoLambda    = "go-lambda"     // an aws-lambda-go handler (echo, error, panic, sleep, exit, big)
 	GoSnapStart = "go-snapstart"  // a custom runtime with SnapStart hooks
+	GoCPU       = "go-cpu"        // a CPU-bound handler: JSON, regexp, compression
 
 	// Instruction-set analysis tasks.
 	GoHTTPV3  = "go-http-v3" // GoHTTP built with GOAMD64=v3
@@ -80,6 +81,8 @@ func Build(dir, name string) (string, error) {
 		cmd = goBuild("golambda", "")
 	case GoSnapStart:
 		cmd = goBuild("gosnapstart", "")
+	case GoCPU:
+		cmd = goBuild("gocpu", "")
 	case CStatic:
 		cmd, err = cc(staticWrite, "static_write.c", "-static")
 	case CNoStdlib:
