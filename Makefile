@@ -12,7 +12,7 @@ export CGO_ENABLED := 0
 TEST_TIMEOUT ?= 45m
 FUZZTIME ?= 20s
 
-.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels bench-invoke bench-restore syscall-table proto demo clean
+.PHONY: all setup build kernel test test-short vet fuzz bench bench-kernels bench-invoke bench-restore bench-carry syscall-table proto demo clean
 
 all: build
 
@@ -72,6 +72,18 @@ bench-invoke: setup build
 # and restores per second 4 at a time (targets: <= 0.2x QEMU, p50 < 10 ms).
 bench-restore: setup build
 	$(BIN)/kindling-bench --restore-daemon
+
+# What one version hands the next, through kindlingd (process backend), one
+# table per handler: first-invocation latency (cold start; restores from a
+# plain and a warm snapshot where a guest's user space runs, else n/a and
+# why); the CPU-bound Go handler's CPU per invocation before and after a
+# profile-guided rebuild from kindlingd's merged profile (target >= 2% less)
+# and with profiling off (overhead, target <= 1%); a Node handler over 400
+# modules without and with its carried compile cache (needs node from the
+# npm registry or ~/.cache/kindling/node). About 1.5 minutes on 2 cores
+# with a warm Go build cache; --carry-* flags set the counts.
+bench-carry: setup build
+	$(BIN)/kindling-bench --carry
 
 # Re-derive kernelbuilder/syscalls/table_gen.go from the installed kernel
 # source (the drift test in make test says when this is needed).

@@ -50,7 +50,24 @@ func main() {
 	daemonRuns := flag.Int("daemon-runs", 50, "with --restore-daemon: measured restores per guest size and prefetch setting")
 	rateN := flag.Int("rate-n", 100, "with --restore-daemon: restores in the restores-per-second run")
 	rateC := flag.Int("rate-c", 4, "with --restore-daemon: restores at once in that run")
+	carry := flag.Bool("carry", false, "instead: what one version hands the next, through kindlingd: first-invocation latency (cold, restored from a plain or a warm snapshot), CPU per invocation before and after a profile-guided rebuild and with profiling off (Go handler), first invocation without and with a carried compile cache (Node handler)")
+	carryCold := flag.Int("carry-cold", carryDefaults.Cold, "with --carry: fresh environments per first-invocation row")
+	carryProfile := flag.Int("carry-profile", carryDefaults.ProfileN, "with --carry: invocations of the Go handler's version 1 before its profile builds version 2")
+	carryRounds := flag.Int("carry-rounds", carryDefaults.Rounds, "with --carry: interleaved rounds of the CPU rows")
+	carryBatch := flag.Int("carry-batch", carryDefaults.Batch, "with --carry: invocations per version per round")
+	carryModules := flag.Int("carry-modules", carryDefaults.Modules, "with --carry: modules in the Node handler's tree")
+	carryNoNode := flag.Bool("carry-no-node", false, "with --carry: leave out the Node handler (it needs node from the npm registry or its cache)")
 	flag.Parse()
+	if *carry {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := carryMain(ctx, os.Stdout, carryOptions{Cold: *carryCold, ProfileN: *carryProfile, Rounds: *carryRounds, Batch: *carryBatch, Modules: *carryModules, NoNode: *carryNoNode})
+		stop()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kindling-bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *restoreDaemon {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		err := restoreDaemonMain(ctx, os.Stdout, restoreDaemonOptions{Runs: *daemonRuns, Sizes: []uint64{128, 512}, RateN: *rateN, RateC: *rateC, QEMU: *qemuBin})
