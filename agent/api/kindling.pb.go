@@ -342,8 +342,14 @@ type FunctionSpec struct {
 	// is abandoned (or the restored instance discarded) and the version
 	// serves without one. 1 ms to 15 minutes; default 10 s.
 	CheckpointTimeoutMs uint32 `protobuf:"varint,16,opt,name=checkpoint_timeout_ms,json=checkpointTimeoutMs,proto3" json:"checkpoint_timeout_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// record_warmups: when warmup_payloads is empty, the payloads of the
+	// first N (at most 8) successful invocations by the owning tenant are
+	// kept, in memory, and run as the warm-ups of the next cut (a Prewarm).
+	// Their data then lives in the snapshot every tenant's restore starts
+	// from: set it only for payloads that are not secret.
+	RecordWarmups uint32 `protobuf:"varint,17,opt,name=record_warmups,json=recordWarmups,proto3" json:"record_warmups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FunctionSpec) Reset() {
@@ -484,6 +490,13 @@ func (x *FunctionSpec) GetNetwork() NetworkPolicy {
 func (x *FunctionSpec) GetCheckpointTimeoutMs() uint32 {
 	if x != nil {
 		return x.CheckpointTimeoutMs
+	}
+	return 0
+}
+
+func (x *FunctionSpec) GetRecordWarmups() uint32 {
+	if x != nil {
+		return x.RecordWarmups
 	}
 	return 0
 }
@@ -2427,7 +2440,7 @@ const file_kindling_proto_rawDesc = "" +
 	"\x0ekindling.proto\x12\vkindling.v1\"G\n" +
 	"\bImageRef\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12'\n" +
-	"\x0fmanifest_sha256\x18\x02 \x01(\tR\x0emanifestSha256\"\xa6\x05\n" +
+	"\x0fmanifest_sha256\x18\x02 \x01(\tR\x0emanifestSha256\"\xcd\x05\n" +
 	"\fFunctionSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12+\n" +
@@ -2448,7 +2461,8 @@ const file_kindling_proto_rawDesc = "" +
 	"queueLimit\x12'\n" +
 	"\x0fwarmup_payloads\x18\x0e \x03(\fR\x0ewarmupPayloads\x124\n" +
 	"\anetwork\x18\x0f \x01(\x0e2\x1a.kindling.v1.NetworkPolicyR\anetwork\x122\n" +
-	"\x15checkpoint_timeout_ms\x18\x10 \x01(\rR\x13checkpointTimeoutMs\x1a>\n" +
+	"\x15checkpoint_timeout_ms\x18\x10 \x01(\rR\x13checkpointTimeoutMs\x12%\n" +
+	"\x0erecord_warmups\x18\x11 \x01(\rR\rrecordWarmups\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x01\n" +

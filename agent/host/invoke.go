@@ -282,6 +282,12 @@ func (d *Daemon) execute(inv *invocation, fn *function, place chan struct{}, res
 	defer after()
 	if err == nil {
 		d.recordUsage(fn, f)
+		if f.Type == guest.TypeResponse {
+			d.mu.Lock()
+			tenant, payload := inv.rec.Tenant, inv.rec.Payload
+			d.mu.Unlock()
+			d.recordWarmup(fn, tenant, payload)
+		}
 	}
 	d.finish(inv, fn, func(rec *invocationRecord) {
 		rec.QueuedUs = tQueued.Sub(t0).Microseconds()

@@ -149,6 +149,34 @@ type function struct {
 	usageInvocations, usageCPUNs uint64
 	// artifacts collected from its warm-ups, by name.
 	artifacts map[string]bool
+	// recorded are warm-up payloads taken from real traffic
+	// (record_warmups).
+	recorded [][]byte
+}
+
+// warmups are the payloads a new instance is warmed with: the registered
+// ones, or those recorded from traffic.
+func (d *Daemon) warmups(fn *function) [][]byte {
+	if len(fn.spec.WarmupPayloads) > 0 {
+		return fn.spec.WarmupPayloads
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fn.recorded
+}
+
+// recordWarmup keeps a successful invocation's payload as a warm-up, if
+// the version asks for that and it is its owner's.
+func (d *Daemon) recordWarmup(fn *function, tenant string, payload []byte) {
+	n := int(fn.spec.RecordWarmups)
+	if n == 0 || len(fn.spec.WarmupPayloads) > 0 || tenant != fn.spec.Tenant || len(payload) > maxRecordedPayload {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(fn.recorded) < n {
+		fn.recorded = append(fn.recorded, append([]byte(nil), payload...))
+	}
 }
 
 func (f *function) checkpointTimeout() time.Duration {
@@ -544,8 +572,9 @@ func (d *Daemon) runStart(ctx context.Context, fn *function, tenant, kind string
 			}
 			inst.warmupTook = time.Since(t)
 			if !inst.snapStart {
-				inst.warmupsRun = len(fn.spec.WarmupPayloads)
 				snap()
+			} else {
+				inst.warmupsRun = 0 // after the cut
 			}
 		}
 		if errors.Is(snapErr, errCheckpoint) {
@@ -570,7 +599,9 @@ func (d *Daemon) runStart(ctx context.Context, fn *function, tenant, kind string
 // and the instance serves anyway; a sandbox that dies or hangs past the
 // deadline fails the start.
 func (d *Daemon) warmUp(ctx context.Context, inst *instance, log *slog.Logger) error {
-	for i, p := range inst.fn.spec.WarmupPayloads {
+	payloads := d.warmups(inst.fn)
+	inst.warmupsRun = len(payloads)
+	for i, p := range payloads {
 		id := fmt.Sprintf("warmup-%s-%d", inst.id, i)
 		wctx, cancel := context.WithTimeout(ctx, inst.fn.timeout()+graceAfterDeadline)
 		f, err := inst.sb.Invoke(wctx, id, p, inst.fn.timeout(), nil)

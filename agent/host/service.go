@@ -411,6 +411,7 @@ func (d *Daemon) Prewarm(ctx context.Context, req *api.PrewarmRequest) (*api.Pre
 		resp.WarmupUs += inst.warmupTook.Microseconds()
 		if i == 0 {
 			resp.SnapStart = inst.snapStart
+			resp.WarmupsRun = uint32(inst.warmupsRun)
 			d.mu.Lock()
 			after, abandoned := fn.snapshot, fn.snapAbandoned
 			d.mu.Unlock()
@@ -421,7 +422,6 @@ func (d *Daemon) Prewarm(ctx context.Context, req *api.PrewarmRequest) (*api.Pre
 				resp.SnapshotNote = fmt.Sprintf("the %s backend cannot snapshot; the prewarmed instances stay warm in the pool instead", d.backend.Name())
 			case before == "" && after != "":
 				resp.Snapshot, resp.SnapshotUs = after, inst.snapshotTook.Microseconds()
-				resp.WarmupsRun = uint32(inst.warmupsRun)
 			case inst.snapStart:
 				// Its checkpoint was at the end of its init, and this
 				// instance is past it: a new cut would have no hooks.
@@ -435,7 +435,6 @@ func (d *Daemon) Prewarm(ctx context.Context, req *api.PrewarmRequest) (*api.Pre
 				dir, err := d.cutSnapshot(d.ctx, inst, log)
 				fn.snapMu.Unlock()
 				resp.Snapshot, resp.SnapshotUs = dir, time.Since(t).Microseconds()
-				resp.WarmupsRun = uint32(len(fn.spec.WarmupPayloads))
 				if err != nil {
 					resp.SnapshotNote = "snapshot failed: " + err.Error()
 				}

@@ -34,10 +34,14 @@ const (
 	// DefaultCheckpointTimeout bounds a task's before-snapshot hooks, and
 	// its after-restore hooks in each restore.
 	DefaultCheckpointTimeout = 10 * time.Second
-	maxConcurrency           = 1000
-	maxQueueLimit            = 100000
-	maxWarmupPayloads        = 16
-	maxEnvironmentEntries    = 256
+	// maxRecordedWarmups bounds record_warmups, and maxRecordedPayload
+	// the size of a payload kept as a warm-up.
+	maxRecordedWarmups    = 8
+	maxRecordedPayload    = 256 << 10
+	maxConcurrency        = 1000
+	maxQueueLimit         = 100000
+	maxWarmupPayloads     = 16
+	maxEnvironmentEntries = 256
 )
 
 var (
@@ -100,6 +104,9 @@ func normalizeSpec(in *api.FunctionSpec) (*api.FunctionSpec, *rootfs.Manifest, e
 	}
 	if s.QueueLimit > maxQueueLimit {
 		return nil, nil, invalid("function.queue_limit", "%d is over %d", s.QueueLimit, maxQueueLimit)
+	}
+	if s.RecordWarmups > maxRecordedWarmups {
+		return nil, nil, invalid("function.record_warmups", "%d is over the limit of %d", s.RecordWarmups, maxRecordedWarmups)
 	}
 	if s.CheckpointTimeoutMs == 0 {
 		s.CheckpointTimeoutMs = uint32(DefaultCheckpointTimeout / time.Millisecond)

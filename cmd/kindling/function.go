@@ -103,6 +103,7 @@ func (d *daemonCLI) functionRegister(args []string) error {
 	fs.Var(uint32Flag{&spec.QueueLimit, 1}, "queue-limit", "`N` invocations may wait for a slot before kindlingd refuses more")
 	fs.Var(payloadsFlag{&spec.WarmupPayloads}, "warmup", "a warm-up payload, `JSON` or @FILE (repeatable)")
 	fs.Var(networkFlag{&spec.Network}, "network", "`policy`: none (loopback only, the default) or egress (outbound through NAT, nothing inbound)")
+	fs.Var(uint32Flag{&spec.RecordWarmups, 0}, "record-warmups", "without --warmup: keep the owner's first `N` successful payloads (at most 8) as warm-ups; they end up in the snapshot every tenant restores, so only for payloads that are not secret")
 	fs.Var(msFlag{&spec.CheckpointTimeoutMs}, "checkpoint-timeout", "bound the task's before-snapshot and after-restore hooks to this `long`, e.g. 10s")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {

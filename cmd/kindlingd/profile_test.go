@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/google/pprof/profile"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kindlingvm/kindling/agent/api"
 	"github.com/kindlingvm/kindling/internal/buildid"
@@ -155,5 +157,37 @@ func TestProfilesFromInvocations(t *testing.T) {
 	})
 	if resp.Profiles != 0 || len(resp.Profile) != 0 {
 		t.Fatalf("a profile of another build was merged: %d profiles", resp.Profiles)
+	}
+}
+
+// TestRecordedWarmups: a version registered without warm-up payloads but
+// with record_warmups keeps its owner's first successful payloads and
+// warms new instances with them; other tenants' payloads are never kept.
+func TestRecordedWarmups(t *testing.T) {
+	d := startDaemon(t)
+	ctx := context.Background()
+	if _, err := d.API.RegisterFunction(ctx, &api.RegisterFunctionRequest{Function: &api.FunctionSpec{Name: "rec", Tenant: "acme",
+		RecordWarmups: 2, Image: &api.ImageRef{Path: bins.Image, ManifestSha256: bins.ManifestSHA}}}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := d.API.Prewarm(ctx, &api.PrewarmRequest{Function: "rec"})
+	if err != nil || p.WarmupsRun != 0 {
+		t.Fatalf("prewarm before any traffic: %v %v", p, err)
+	}
+	other := echo("rec", "globex's")
+	other.Tenant = "globex"
+	mustInvoke(t, d, other)
+	for _, text := range []string{"one", "two", "three"} {
+		if r := mustInvoke(t, d, echo("rec", text)); r.State != api.InvocationState_SUCCEEDED {
+			t.Fatalf("%s: %v", text, r)
+		}
+	}
+	p, err = d.API.Prewarm(ctx, &api.PrewarmRequest{Function: "rec"})
+	if err != nil || p.WarmupsRun != 2 {
+		t.Fatalf("prewarm after traffic: %v %v; want 2 recorded warm-ups run", p, err)
+	}
+	if _, err := d.API.RegisterFunction(ctx, &api.RegisterFunctionRequest{Function: &api.FunctionSpec{Name: "rec", Version: "9",
+		RecordWarmups: 9, Image: &api.ImageRef{Path: bins.Image, ManifestSha256: bins.ManifestSHA}}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("record_warmups 9: %v, want InvalidArgument", err)
 	}
 }
