@@ -424,22 +424,29 @@ func (a *Agent) response(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
+// errorType is an error a runtime posted's type: its error document's
+// errorType, else the Lambda-Runtime-Function-Error-Type header, else
+// fallback.
+func errorType(r *http.Request, body []byte, fallback string) string {
+	var doc struct {
+		ErrorType string `json:"errorType"`
+	}
+	if json.Unmarshal(body, &doc) == nil && doc.ErrorType != "" {
+		return doc.ErrorType
+	}
+	if typ := r.Header.Get("Lambda-Runtime-Function-Error-Type"); typ != "" {
+		return typ
+	}
+	return fallback
+}
+
 func (a *Agent) invocationError(w http.ResponseWriter, r *http.Request) {
 	inv := a.running(w, r)
 	if inv == nil {
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, MaxPayload))
-	typ := r.Header.Get("Lambda-Runtime-Function-Error-Type")
-	var doc struct {
-		ErrorType string `json:"errorType"`
-	}
-	if json.Unmarshal(body, &doc) == nil && doc.ErrorType != "" {
-		typ = doc.ErrorType
-	}
-	if typ == "" {
-		typ = "Unhandled"
-	}
+	typ := errorType(r, body, "Unhandled")
 	a.mu.Lock()
 	a.finishLocked(inv, Frame{Header: Header{Type: TypeError, ErrorType: typ}, Body: body})
 	a.mu.Unlock()
@@ -612,16 +619,7 @@ func (a *Agent) restoreNext(w http.ResponseWriter, r *http.Request) {
 // host is told, and discards the environment.
 func (a *Agent) restoreError(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 64<<10))
-	typ := r.Header.Get("Lambda-Runtime-Function-Error-Type")
-	var doc struct {
-		ErrorType string `json:"errorType"`
-	}
-	if json.Unmarshal(body, &doc) == nil && doc.ErrorType != "" {
-		typ = doc.ErrorType
-	}
-	if typ == "" {
-		typ = "Runtime.AfterRestoreError"
-	}
+	typ := errorType(r, body, "Runtime.AfterRestoreError")
 	a.log.Error("after-restore hook failed", "error_type", typ, "error", string(body))
 	a.mu.Lock()
 	pending := a.restorePending

@@ -20,28 +20,36 @@ import (
 	"github.com/kindlingvm/kindling/internal/testtasks"
 )
 
-var (
-	lambdaOnce sync.Once
-	lambdaBin  string
-	lambdaErr  error
-)
+// builtTasks are the test tasks built so far in this run, by name.
+var builtTasks sync.Map // name -> *builtTask
 
-// handler builds the aws-lambda-go test handler once per run.
-func handler(t *testing.T) string {
+type builtTask struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// testTask builds test task name once per run.
+func testTask(t *testing.T, name string) string {
 	t.Helper()
-	lambdaOnce.Do(func() {
+	v, _ := builtTasks.LoadOrStore(name, &builtTask{})
+	b := v.(*builtTask)
+	b.once.Do(func() {
 		dir, err := os.MkdirTemp("", "kindling-agent-")
 		if err != nil {
-			lambdaErr = err
+			b.err = err
 			return
 		}
-		lambdaBin, lambdaErr = testtasks.Build(dir, testtasks.GoLambda)
+		b.bin, b.err = testtasks.Build(dir, name)
 	})
-	if lambdaErr != nil {
-		t.Fatal(lambdaErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return lambdaBin
+	return b.bin
 }
+
+// handler is the aws-lambda-go test handler.
+func handler(t *testing.T) string { return testTask(t, testtasks.GoLambda) }
 
 // start runs an agent for the handler over a Unix socket pair, the way
 // kindling-init runs it over vsock, and returns the host's client.

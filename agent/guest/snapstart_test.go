@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"os"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,28 +12,8 @@ import (
 	"github.com/kindlingvm/kindling/internal/testtasks"
 )
 
-var (
-	snapOnce sync.Once
-	snapBin  string
-	snapErr  error
-)
-
-// snapRuntime builds the custom runtime with SnapStart hooks once.
-func snapRuntime(t *testing.T) string {
-	t.Helper()
-	snapOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kindling-snapstart-")
-		if err != nil {
-			snapErr = err
-			return
-		}
-		snapBin, snapErr = testtasks.Build(dir, testtasks.GoSnapStart)
-	})
-	if snapErr != nil {
-		t.Fatal(snapErr)
-	}
-	return snapBin
-}
+// snapRuntime is the custom runtime with SnapStart hooks.
+func snapRuntime(t *testing.T) string { return testTask(t, testtasks.GoSnapStart) }
 
 // snapAgent runs an agent for task with SnapStart on.
 func snapAgent(t *testing.T, task string, env ...string) *guest.Agent {
