@@ -89,7 +89,7 @@ type Agent struct {
 	known     map[string]*invocation // queued, in flight or recently finished
 	finished  []string               // recently finished IDs, oldest first
 	task      *exec.Cmd
-	taskGen   int // counts task starts
+	taskExits int // counts the task's exits
 	readySent bool
 	out       chan Frame    // to the host
 	done      chan struct{} // closed when Serve returns: nobody reads out
@@ -476,6 +476,7 @@ func (a *Agent) supervise(ctx context.Context) {
 			return
 		}
 		a.parked, a.release, a.idle = false, false, 0
+		a.taskExits++
 		a.wakeLocked()
 		for _, inv := range a.inflight {
 			msg := fmt.Sprintf("the task exited while handling the invocation: %v", err)
@@ -549,7 +550,6 @@ func (a *Agent) runTask(ctx context.Context) error {
 	}
 	a.mu.Lock()
 	a.task = cmd
-	a.taskGen++
 	a.sampler, a.profCount, a.profCPU, a.profShipAt = sampler, 0, 0, time.Now()
 	a.mu.Unlock()
 	if sampler != nil {
@@ -658,13 +658,13 @@ func (a *Agent) restored() {
 // exits meanwhile. The host bounds the wait (a hook that hangs).
 func (a *Agent) checkpoint() {
 	a.mu.Lock()
-	gen := a.taskGen
+	exits := a.taskExits
 	for {
 		if a.stopped {
 			a.mu.Unlock()
 			return
 		}
-		if a.taskGen != gen {
+		if a.taskExits != exits {
 			msg := "the task exited before it reached its checkpoint"
 			if a.initErr != "" {
 				msg += ": " + a.initErr

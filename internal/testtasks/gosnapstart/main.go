@@ -38,7 +38,9 @@ func main() {
 		events = append(events, "before-snapshot")
 		fmt.Println("before-snapshot hook")
 		if os.Getenv("KINDLING_TEST_HANG_BEFORE_SNAPSHOT") == "1" {
-			select {}
+			for { // a bare select{} would be a deadlock the runtime ends
+				time.Sleep(time.Hour)
+			}
 		}
 		resp, err := http.Get(api + "/restore/next")
 		if err != nil || resp.StatusCode != http.StatusOK {
