@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/google/pprof/profile"
@@ -71,7 +72,7 @@ func (t goTask) build(out string, log io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(log, "image: %s\n", t.commandLine(out))
-	if flags := t.goEnvFlags(goBin); flags != "" {
+	if flags := t.extraGoFlags(goBin, out); flags != "" {
 		fmt.Fprintf(log, "image: note: go env GOFLAGS is %q (set with go env -w, which GOFLAGS= does not override): it applies to this build too\n", flags)
 	}
 	cmd := exec.Command(goBin, t.goArgs(out)...)
@@ -129,17 +130,24 @@ func (t goTask) checkMain(goBin string) error {
 	return nil
 }
 
-// goEnvFlags is GOFLAGS as go sees it in this build's environment: empty
-// unless the user's go env file sets it.
-func (t goTask) goEnvFlags(goBin string) string {
+// extraGoFlags is GOFLAGS as go sees it in this build's environment,
+// when it has a flag the command line does not: GOFLAGS= empties only
+// the environment's, not one set in the user's go env file.
+func (t goTask) extraGoFlags(goBin, out string) string {
 	cmd := exec.Command(goBin, "env", "GOFLAGS")
 	cmd.Dir = t.Dir
 	cmd.Env = append(os.Environ(), goBuildEnv...)
-	out, err := cmd.Output()
+	b, err := cmd.Output()
 	if err != nil {
 		return ""
 	}
-	return strings.TrimSpace(string(out))
+	flags := strings.TrimSpace(string(b))
+	for _, f := range strings.Fields(flags) {
+		if !slices.Contains(t.goArgs(out), f) {
+			return flags
+		}
+	}
+	return ""
 }
 
 // maxProfileBytes bounds a profile read for --pgo (gzipped or not): far

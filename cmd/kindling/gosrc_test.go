@@ -163,6 +163,14 @@ func TestGoTaskErrors(t *testing.T) {
 	if !strings.Contains(log.String(), `go env GOFLAGS is "-tags=kindlingtest"`) {
 		t.Errorf("the build did not name the go env file's GOFLAGS:\n%s", log.String())
 	}
+	os.WriteFile(env, []byte("GOFLAGS=-trimpath -buildvcs=false\n"), 0o644) // what the command has anyway
+	log.Reset()
+	if err := (goTask{Dir: gocpuSrc()}).build(filepath.Join(dir, "out"), &log); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(log.String(), "note:") {
+		t.Errorf("a note about GOFLAGS the command has anyway:\n%s", log.String())
+	}
 
 	t.Setenv("PATH", dir)
 	err := goTask{Dir: gocpuSrc()}.build(filepath.Join(dir, "out"), &bytes.Buffer{})
