@@ -288,6 +288,20 @@ func (a *Agent) invoke(f Frame) {
 	a.wakeLocked()
 }
 
+// waitLocked waits for the next wakeLocked, a.mu held on entry and on
+// return; it is false if done closed first.
+func (a *Agent) waitLocked(done <-chan struct{}) bool {
+	wake := a.wake
+	a.mu.Unlock()
+	defer a.mu.Lock()
+	select {
+	case <-wake:
+		return true
+	case <-done:
+		return false
+	}
+}
+
 func (a *Agent) wakeLocked() {
 	close(a.wake)
 	a.wake = make(chan struct{})
@@ -360,18 +374,12 @@ func (a *Agent) next(w http.ResponseWriter, r *http.Request) {
 	a.idle++
 	a.wakeLocked()
 	for len(a.queue) == 0 {
-		wake := a.wake
-		a.mu.Unlock()
-		select {
-		case <-wake:
-		case <-r.Context().Done():
-			a.mu.Lock()
+		if !a.waitLocked(r.Context().Done()) {
 			a.idle--
 			a.wakeLocked()
 			a.mu.Unlock()
 			return
 		}
-		a.mu.Lock()
 	}
 	a.idle--
 	inv := a.queue[0]
@@ -597,18 +605,12 @@ func (a *Agent) restoreNext(w http.ResponseWriter, r *http.Request) {
 	a.parked, a.release = true, false
 	a.wakeLocked()
 	for !a.release {
-		wake := a.wake
-		a.mu.Unlock()
-		select {
-		case <-wake:
-		case <-r.Context().Done():
-			a.mu.Lock()
+		if !a.waitLocked(r.Context().Done()) {
 			a.parked = false
 			a.wakeLocked()
 			a.mu.Unlock()
 			return
 		}
-		a.mu.Lock()
 	}
 	a.parked, a.release = false, false
 	a.mu.Unlock()
@@ -676,14 +678,10 @@ func (a *Agent) checkpoint() {
 		if a.parked || (a.idle > 0 && len(a.queue) == 0 && len(a.inflight) == 0) {
 			break
 		}
-		wake := a.wake
-		a.mu.Unlock()
-		select {
-		case <-wake:
-		case <-a.done:
+		if !a.waitLocked(a.done) {
+			a.mu.Unlock()
 			return
 		}
-		a.mu.Lock()
 	}
 	a.checkpointed = true
 	hooks := a.parked

@@ -34,10 +34,12 @@ type Client struct {
 	restoredOnce  sync.Once
 	restoredFrame Frame
 	snapStart     bool
-	// control holds the waiter for a checkpoint or artifact answer, by
-	// frame type: one request of each kind at a time.
-	control map[string]chan Frame
 }
+
+// controlKey is where pending holds the waiter for a checkpoint's or an
+// artifact's answer, by its frame type: one request of each kind at a
+// time. The NUL keeps it apart from every invocation ID.
+func controlKey(answer string) string { return "\x00" + answer }
 
 // ErrAgentGone means the channel to the agent closed or broke.
 var ErrAgentGone = errors.New("guest agent connection closed")
@@ -46,7 +48,7 @@ var ErrAgentGone = errors.New("guest agent connection closed")
 func NewClient(conn io.ReadWriter) *Client {
 	c := &Client{w: conn, pending: map[string]chan Frame{}, Logs: make(chan Frame, 256),
 		Ready: make(chan struct{}), done: make(chan struct{}), Profiles: make(chan Frame, 8),
-		Restored: make(chan struct{}), control: map[string]chan Frame{}}
+		Restored: make(chan struct{})}
 	go c.read(conn)
 	return c
 }
@@ -74,10 +76,6 @@ func (c *Client) read(r io.Reader) {
 				close(ch)
 				delete(c.pending, id)
 			}
-			for typ, ch := range c.control {
-				close(ch)
-				delete(c.control, typ)
-			}
 			c.mu.Unlock()
 			return
 		}
@@ -100,27 +98,26 @@ func (c *Client) read(r io.Reader) {
 			default:
 			}
 		case TypeCheckpoint, TypeArtifact:
-			c.mu.Lock()
-			ch := c.control[f.Type]
-			delete(c.control, f.Type)
-			c.mu.Unlock()
-			if ch != nil {
-				ch <- f
-			}
+			c.deliver(controlKey(f.Type), f)
 		case TypeLog:
 			select {
 			case c.Logs <- f:
 			default:
 			}
 		case TypeResponse, TypeError:
-			c.mu.Lock()
-			ch := c.pending[f.ID]
-			delete(c.pending, f.ID)
-			c.mu.Unlock()
-			if ch != nil {
-				ch <- f
-			}
+			c.deliver(f.ID, f)
 		}
+	}
+}
+
+// deliver hands f to the request waiting under key, if one is.
+func (c *Client) deliver(key string, f Frame) {
+	c.mu.Lock()
+	ch := c.pending[key]
+	delete(c.pending, key)
+	c.mu.Unlock()
+	if ch != nil {
+		ch <- f
 	}
 }
 
@@ -150,32 +147,34 @@ func (c *Client) RestoredFrame() Frame { return c.restoredFrame }
 // hangs). The answer's ErrorType says why not; its SnapStart says the
 // task's before-snapshot hooks ran.
 func (c *Client) Checkpoint(ctx context.Context) (Frame, error) {
-	return c.request(ctx, Frame{Header: Header{Type: TypeCheckpoint}}, TypeCheckpoint)
+	return c.roundTrip(ctx, TypeCheckpoint, controlKey(TypeCheckpoint), Frame{Header: Header{Type: TypeCheckpoint}})
 }
 
 // Collect asks the agent for the artifact name (a tar stream).
 func (c *Client) Collect(ctx context.Context, name string) (Frame, error) {
-	return c.request(ctx, Frame{Header: Header{Type: TypeCollect, Name: name}}, TypeArtifact)
+	return c.roundTrip(ctx, TypeCollect, controlKey(TypeArtifact), Frame{Header: Header{Type: TypeCollect, Name: name}})
 }
 
-// request sends f and waits for the agent's frame of type answer.
-func (c *Client) request(ctx context.Context, f Frame, answer string) (Frame, error) {
+// roundTrip sends f and waits for the frame that answers it, routed to
+// pending[key]: an invocation's ID, or a control request's controlKey.
+// verb starts its errors.
+func (c *Client) roundTrip(ctx context.Context, verb, key string, f Frame) (Frame, error) {
 	ch := make(chan Frame, 1)
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		return Frame{}, c.err
 	}
-	if c.control[answer] != nil {
+	if c.pending[key] != nil {
 		c.mu.Unlock()
-		return Frame{}, fmt.Errorf("%s: one is already waiting for its answer", f.Type)
+		return Frame{}, fmt.Errorf("%s: already waiting for its answer", verb)
 	}
-	c.control[answer] = ch
+	c.pending[key] = ch
 	c.mu.Unlock()
 	drop := func() {
 		c.mu.Lock()
-		if c.control[answer] == ch {
-			delete(c.control, answer)
+		if c.pending[key] == ch {
+			delete(c.pending, key)
 		}
 		c.mu.Unlock()
 	}
@@ -184,19 +183,19 @@ func (c *Client) request(ctx context.Context, f Frame, answer string) (Frame, er
 	c.wmu.Unlock()
 	if err != nil {
 		drop()
-		return Frame{}, fmt.Errorf("%s: %w: %v", f.Type, ErrAgentGone, err)
+		return Frame{}, fmt.Errorf("%s: %w: %v", verb, ErrAgentGone, err)
 	}
 	select {
 	case r, ok := <-ch:
 		if !ok {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			return Frame{}, fmt.Errorf("%s: %w", f.Type, c.err)
+			return Frame{}, fmt.Errorf("%s: %w", verb, c.err)
 		}
 		return r, nil
 	case <-ctx.Done():
 		drop()
-		return Frame{}, fmt.Errorf("%s: %w", f.Type, ctx.Err())
+		return Frame{}, fmt.Errorf("%s: %w", verb, ctx.Err())
 	}
 }
 
@@ -209,40 +208,6 @@ func (c *Client) Invoke(ctx context.Context, id string, payload []byte, timeout 
 	if len(payload) > MaxPayload {
 		return Frame{}, fmt.Errorf("invoke %s: payload of %d bytes exceeds the %d-byte limit", id, len(payload), MaxPayload)
 	}
-	ch := make(chan Frame, 1)
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return Frame{}, c.err
-	}
-	if c.pending[id] != nil {
-		c.mu.Unlock()
-		return Frame{}, fmt.Errorf("invoke %s: already waiting for that ID", id)
-	}
-	c.pending[id] = ch
-	c.mu.Unlock()
 	f := Frame{Header: Header{Type: TypeInvoke, ID: id, DeadlineMs: time.Now().Add(timeout).UnixMilli()}, Body: payload}
-	c.wmu.Lock()
-	err := WriteFrame(c.w, f)
-	c.wmu.Unlock()
-	if err != nil {
-		c.mu.Lock()
-		delete(c.pending, id)
-		c.mu.Unlock()
-		return Frame{}, fmt.Errorf("invoke %s: %w: %v", id, ErrAgentGone, err)
-	}
-	select {
-	case r, ok := <-ch:
-		if !ok {
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			return Frame{}, fmt.Errorf("invoke %s: %w", id, c.err)
-		}
-		return r, nil
-	case <-ctx.Done():
-		c.mu.Lock()
-		delete(c.pending, id)
-		c.mu.Unlock()
-		return Frame{}, fmt.Errorf("invoke %s: %w", id, ctx.Err())
-	}
+	return c.roundTrip(ctx, "invoke "+id, id, f)
 }
