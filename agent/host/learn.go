@@ -86,9 +86,13 @@ func (d *Daemon) usageLocked(fn *function) *api.VersionUsage {
 	return u
 }
 
-// artifactPath is where a version's artifact is kept.
+// artifactDir holds a version's artifacts, each at artifactPath.
+func (d *Daemon) artifactDir(fn *function) string {
+	return filepath.Join(d.cfg.StateDir, "artifacts", fn.key.name, fn.key.version)
+}
+
 func (d *Daemon) artifactPath(fn *function, name string) string {
-	return filepath.Join(d.cfg.StateDir, "artifacts", fn.key.name, fn.key.version, name+".tar")
+	return filepath.Join(d.artifactDir(fn), name+".tar")
 }
 
 // collectArtifacts asks a freshly warmed instance for what its warm-ups
@@ -145,7 +149,7 @@ func (d *Daemon) forgetLearned(fn *function) {
 			d.log.Warn("cannot delete the version's profile", "function", fn.key, "error", err)
 		}
 	}
-	os.RemoveAll(filepath.Dir(d.artifactPath(fn, "x")))
+	os.RemoveAll(d.artifactDir(fn))
 }
 
 func writeFileAtomic(path string, data []byte) error {
@@ -209,12 +213,22 @@ func (d *Daemon) GetProfile(ctx context.Context, req *api.GetProfileRequest) (*a
 }
 
 // hints reads the version's profile against the run-time dispatch in its
-// task binary (taken out of its image).
+// task binary.
 func (d *Daemon) hints(fn *function, data []byte) ([]profiles.Hint, error) {
 	p, err := profile.ParseData(data)
 	if err != nil {
 		return nil, err
 	}
+	fn.dispatchOnce.Do(func() { fn.dispatch, fn.dispatchErr = d.taskDispatch(fn) })
+	if fn.dispatchErr != nil {
+		return nil, fn.dispatchErr
+	}
+	return profiles.Hints(p, fn.dispatch), nil
+}
+
+// taskDispatch analyses the task binary, taken out of the version's
+// image.
+func (d *Daemon) taskDispatch(fn *function) (*isa.Dispatch, error) {
 	tmp, err := os.MkdirTemp(d.cfg.StateDir, "hints-")
 	if err != nil {
 		return nil, err
@@ -228,7 +242,7 @@ func (d *Daemon) hints(fn *function, data []byte) ([]profiles.Hint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return profiles.Hints(p, rep.Dispatch()), nil
+	return rep.Dispatch(), nil
 }
 
 // GetArtifact streams a version's artifact.

@@ -15,6 +15,7 @@ import (
 	"github.com/kindlingvm/kindling/agent/api"
 	"github.com/kindlingvm/kindling/agent/guest"
 	"github.com/kindlingvm/kindling/cpuid"
+	"github.com/kindlingvm/kindling/cpuid/isa"
 	"github.com/kindlingvm/kindling/rootfs"
 	"github.com/kindlingvm/kindling/snapshot"
 )
@@ -116,6 +117,11 @@ type function struct {
 	// sealMu serialises digesting the warm snapshot, so that concurrent
 	// restores on first use digest it once.
 	sealMu sync.Mutex
+	// dispatch is its task's run-time dispatch (cpuid/isa), read once,
+	// for the hints of every GetProfile.
+	dispatchOnce sync.Once
+	dispatch     *isa.Dispatch
+	dispatchErr  error
 
 	// Guarded by Daemon.mu:
 	snapshot string
@@ -555,31 +561,21 @@ func (d *Daemon) runStart(ctx context.Context, fn *function, tenant, kind string
 				inst.snapStart = c.SnapStart()
 			}
 		}
-		var snapErr error
-		snap := func() {
-			t := time.Now()
-			_, snapErr = d.maybeSnapshot(ctx, inst, log)
-			inst.snapshotTook = time.Since(t)
-		}
 		if inst.snapStart {
-			snap()
-		}
-		if !errors.Is(snapErr, errCheckpoint) {
-			t := time.Now()
-			if err := d.warmUp(ctx, inst, log); err != nil {
-				d.discard(inst, "warm-up failed: "+err.Error())
-				return nil, fmt.Errorf("cold start of %s: warm-up: %w", fn.key, err)
-			}
-			inst.warmupTook = time.Since(t)
-			if !inst.snapStart {
-				snap()
-			} else {
-				inst.warmupsRun = 0 // after the cut
+			if err := d.coldSnapshot(ctx, inst, log); err != nil {
+				return nil, err
 			}
 		}
-		if errors.Is(snapErr, errCheckpoint) {
-			d.discard(inst, snapErr.Error())
-			return nil, snapErr
+		t := time.Now()
+		if err := d.warmUp(ctx, inst, log); err != nil {
+			d.discard(inst, "warm-up failed: "+err.Error())
+			return nil, fmt.Errorf("cold start of %s: warm-up: %w", fn.key, err)
+		}
+		inst.warmupTook = time.Since(t)
+		if inst.snapStart {
+			inst.warmupsRun = 0 // they ran after the cut
+		} else if err := d.coldSnapshot(ctx, inst, log); err != nil {
+			return nil, err
 		}
 		// Off the invocation's path: the agent packs while it serves.
 		d.bg.Add(1)
@@ -613,6 +609,20 @@ func (d *Daemon) warmUp(ctx context.Context, inst *instance, log *slog.Logger) e
 		case f.Type == guest.TypeError:
 			log.Warn("warm-up invocation returned an error", "warmup", i, "error_type", f.ErrorType, "body", string(f.Body))
 		}
+	}
+	return nil
+}
+
+// coldSnapshot cuts the version's snapshot from a cold-started instance
+// if it has none. Only a failed checkpoint is an error: the instance,
+// whose task may hang in a hook, is discarded.
+func (d *Daemon) coldSnapshot(ctx context.Context, inst *instance, log *slog.Logger) error {
+	t := time.Now()
+	_, err := d.maybeSnapshot(ctx, inst, log)
+	inst.snapshotTook = time.Since(t)
+	if errors.Is(err, errCheckpoint) {
+		d.discard(inst, err.Error())
+		return err
 	}
 	return nil
 }
