@@ -240,18 +240,7 @@ func withLog(err error, d *testdaemon.Daemon) error {
 // processImage packs task for the process backend (a placeholder kernel:
 // it boots none) into dir and returns the image and its manifest digest.
 func processImage(dir, initBin, task string, run rootfs.TaskConfig, trees []rootfs.Tree) (img, sha string, err error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", "", err
-	}
-	kernel := filepath.Join(dir, "placeholder-kernel")
-	if err := os.WriteFile(kernel, []byte("the process backend does not boot a kernel\n"), 0o644); err != nil {
-		return "", "", err
-	}
-	img = filepath.Join(dir, "image")
-	if _, err := rootfs.BuildImage(rootfs.ImageSpec{Init: initBin, Task: task, Kernel: kernel, Codec: rootfs.CodecNone, Run: run, Trees: trees}, img); err != nil {
-		return "", "", err
-	}
-	sha, err = testdaemon.ManifestSHA(img)
+	img, sha, _, err = testdaemon.ProcessImage(dir, rootfs.ImageSpec{Init: initBin, Task: task, Run: run, Trees: trees})
 	return img, sha, err
 }
 

@@ -26,15 +26,8 @@ func nodeImage(t *testing.T, src, cache string) (img, sha string) {
 		t.Fatalf("prepare the Node task (needs the npm registry, or node in the cache): %v", err)
 	}
 	defer task.Cleanup()
-	dir := t.TempDir()
-	kernel := filepath.Join(dir, "placeholder-kernel")
-	os.WriteFile(kernel, []byte("the process backend does not boot a kernel\n"), 0o644)
-	img = filepath.Join(dir, "image")
-	if _, err := rootfs.BuildImage(rootfs.ImageSpec{Init: bins.Init, Task: task.Binary, Kernel: kernel, Codec: rootfs.CodecNone,
-		Run: task.Run, Trees: task.Trees}, img); err != nil {
-		t.Fatal(err)
-	}
-	if sha, err = testdaemon.ManifestSHA(img); err != nil {
+	img, sha, _, err = testdaemon.ProcessImage(t.TempDir(), rootfs.ImageSpec{Init: bins.Init, Task: task.Binary, Run: task.Run, Trees: task.Trees})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return img, sha

@@ -27,12 +27,7 @@ import (
 // the manifest before it is digested.
 func cpuImage(t *testing.T, task string, edit func(*rootfs.Manifest)) (img, sha string) {
 	t.Helper()
-	dir := t.TempDir()
-	kernel := filepath.Join(dir, "placeholder-kernel")
-	os.WriteFile(kernel, []byte("the process backend does not boot a kernel\n"), 0o644)
-	img = filepath.Join(dir, "image")
-	m, err := rootfs.BuildImage(rootfs.ImageSpec{Init: bins.Init, Task: task, Kernel: kernel, Codec: rootfs.CodecNone,
-		Run: rootfs.TaskConfig{Profiling: true}}, img)
+	img, _, m, err := testdaemon.ProcessImage(t.TempDir(), rootfs.ImageSpec{Init: bins.Init, Task: task, Run: rootfs.TaskConfig{Profiling: true}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,10 +27,8 @@ func TestKindlingdStage(t *testing.T) {
 			t.Fatalf("build %s: %v\n%s", pkg, err, o)
 		}
 	}
-	kernel := filepath.Join(bin, "placeholder-kernel")
-	os.WriteFile(kernel, []byte("the process backend does not boot a kernel\n"), 0o644)
-	img := filepath.Join(t.TempDir(), "image")
-	if _, err := rootfs.BuildImage(rootfs.ImageSpec{Init: filepath.Join(bin, "kindling-init"), Task: filepath.Join(bin, "hello"), Kernel: kernel, Codec: rootfs.CodecNone}, img); err != nil {
+	img, _, _, err := testdaemon.ProcessImage(t.TempDir(), rootfs.ImageSpec{Init: filepath.Join(bin, "kindling-init"), Task: filepath.Join(bin, "hello")})
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -59,7 +57,6 @@ func TestKindlingdStage(t *testing.T) {
 	}
 
 	// No image: the CLI refuses it, and the error says at which step.
-	var err error
 	captureStdout(t, func() { err = kindlingdStage(bin, t.TempDir()) })
 	if err == nil || !strings.HasPrefix(err.Error(), "register: kindling function register hello --image ") {
 		t.Fatalf("a missing image: %v", err)

@@ -59,18 +59,31 @@ func Build(dir string) (*Binaries, error) {
 		return nil, err
 	}
 	b.Task = task
-	kernel := filepath.Join(dir, "placeholder-kernel")
-	if err := os.WriteFile(kernel, []byte("the process backend does not boot a kernel\n"), 0o644); err != nil {
-		return nil, err
-	}
-	b.Image = filepath.Join(dir, "image")
-	if _, err := rootfs.BuildImage(rootfs.ImageSpec{Init: b.Init, Task: b.Task, Kernel: kernel, Codec: rootfs.CodecNone}, b.Image); err != nil {
-		return nil, err
-	}
-	if b.ManifestSHA, err = ManifestSHA(b.Image); err != nil {
+	if b.Image, b.ManifestSHA, _, err = ProcessImage(dir, rootfs.ImageSpec{Init: b.Init, Task: b.Task}); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// ProcessImage builds spec into dir/image for the process backend, which
+// boots no kernel: a placeholder stands in for one (dir/placeholder-kernel),
+// uncompressed. It returns the image, its manifest's digest and the
+// manifest.
+func ProcessImage(dir string, spec rootfs.ImageSpec) (img, sha string, m *rootfs.Manifest, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", nil, err
+	}
+	spec.Kernel = filepath.Join(dir, "placeholder-kernel")
+	if err := os.WriteFile(spec.Kernel, []byte("the process backend does not boot a kernel\n"), 0o644); err != nil {
+		return "", "", nil, err
+	}
+	spec.Codec = rootfs.CodecNone
+	img = filepath.Join(dir, "image")
+	if m, err = rootfs.BuildImage(spec, img); err != nil {
+		return "", "", nil, err
+	}
+	sha, err = ManifestSHA(img)
+	return img, sha, m, err
 }
 
 // ManifestSHA is the digest of an image's manifest.json.
