@@ -11,12 +11,12 @@ import (
 	"time"
 )
 
-// Test tasks, in testdata: small Go programs that profile themselves with
-// runtime/pprof, whose CPU profiles have the sample and period types the
-// guest sampler's have. They are built with -B gobuildid, so the binary
-// has a GNU build ID, which runtime/pprof puts in the profile's mapping
-// and internal/buildid reads: their profiles pass Check against their
-// binaries.
+// Test tasks: the kinds of work of testdata/busy, a small Go program that
+// profiles itself with runtime/pprof, whose CPU profiles have the sample
+// and period types the guest sampler's have. It is built with -B
+// gobuildid, so the binary has a GNU build ID, which runtime/pprof puts
+// in the profile's mapping and internal/buildid reads: its profiles pass
+// Check against it.
 const (
 	taskSHA256    = "sha256sum" // crypto/sha256
 	taskIndexByte = "indexbyte" // bytes.IndexByte
@@ -33,10 +33,10 @@ type taskResult struct {
 }
 
 var (
-	taskMu    sync.Mutex
-	taskDir   string
-	taskBuilt = map[string]bool{}
-	taskDone  = map[string]taskResult{} // by name and environment
+	taskMu   sync.Mutex
+	taskDir  string
+	taskBin  string                    // testdata/busy, once built
+	taskDone = map[string]taskResult{} // by name and environment
 )
 
 func TestMain(m *testing.M) {
@@ -47,9 +47,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// task builds and runs testdata program name once per test binary run
-// (and environment: env is added to the run's), and returns the binary
-// and the CPU profile it wrote.
+// task runs testdata/busy's work name once per test binary run (and
+// environment: env is added to the run's), and returns the binary and the
+// CPU profile it wrote.
 func task(t *testing.T, name string, env ...string) (bin string, profile []byte) {
 	t.Helper()
 	if testing.Short() {
@@ -68,15 +68,16 @@ func task(t *testing.T, name string, env ...string) (bin string, profile []byte)
 		}
 		taskDir = dir
 	}
-	bin = filepath.Join(taskDir, name)
-	if !taskBuilt[name] {
-		if err := build(name, bin); err != nil {
+	if taskBin == "" {
+		bin := filepath.Join(taskDir, "busy")
+		if err := build("busy", bin); err != nil {
 			t.Fatal(err)
 		}
-		taskBuilt[name] = true
+		taskBin = bin
 	}
+	bin = taskBin
 	prof := filepath.Join(taskDir, fmt.Sprintf("%s.%d.pprof", name, len(taskDone)))
-	cmd := exec.Command(bin, prof, taskRun.String())
+	cmd := exec.Command(bin, name, prof, taskRun.String())
 	cmd.Env = append(os.Environ(), env...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("run %s: %v\n%s", run, err, out)
