@@ -107,8 +107,8 @@ type Frame struct {
 // WriteFrame writes f as: u32 header length, header JSON, u32 body length,
 // body (big-endian lengths).
 func WriteFrame(w io.Writer, f Frame) error {
-	if limit := MaxPayload; len(f.Body) > limit && (f.Type != TypeArtifact || len(f.Body) > MaxArtifact) {
-		return fmt.Errorf("frame body of %d bytes exceeds %d", len(f.Body), limit)
+	if limit, what := bodyLimit(f.Type); len(f.Body) > limit {
+		return fmt.Errorf("frame body (%s) of %d bytes exceeds %d", what, len(f.Body), limit)
 	}
 	h, err := json.Marshal(f.Header)
 	if err != nil {
@@ -131,6 +131,18 @@ var ErrProtocol = errors.New("agent protocol violation")
 // ErrFrameTooLarge is a frame whose declared size is over the limits; it
 // is an ErrProtocol.
 var ErrFrameTooLarge = fmt.Errorf("%w: frame too large", ErrProtocol)
+
+// bodyLimit is the largest body a frame of type typ may carry (the
+// reader's limit, and so the writer's), and what such a body is.
+func bodyLimit(typ string) (int, string) {
+	switch typ {
+	case TypeLog:
+		return MaxLogLine, "a log line"
+	case TypeArtifact:
+		return MaxArtifact, "an artifact"
+	}
+	return MaxPayload, "a body"
+}
 
 // ReadFrame reads one frame; the lengths come from the peer and are
 // checked before anything is allocated.
@@ -155,14 +167,8 @@ func ReadFrame(r io.Reader) (Frame, error) {
 		return Frame{}, unexpected(err)
 	}
 	bl := binary.BigEndian.Uint32(n[:])
-	limit, what := uint32(MaxPayload), "a body"
-	switch f.Type {
-	case TypeLog:
-		limit, what = MaxLogLine, "a log line"
-	case TypeArtifact:
-		limit, what = MaxArtifact, "an artifact"
-	}
-	if bl > limit {
+	limit, what := bodyLimit(f.Type)
+	if bl > uint32(limit) {
 		return Frame{}, fmt.Errorf("%w: %s of %d bytes, above the %d-byte limit", ErrFrameTooLarge, what, bl, limit)
 	}
 	f.Body = make([]byte, bl)
